@@ -1,0 +1,1 @@
+"""What runs on a robot: the agent, device backends, ZeroMQ links, watchdog."""

@@ -1,0 +1,1 @@
+"""The operator library, one sub-package per sensor or task family."""

@@ -1,0 +1,171 @@
+"""A stage: a set of graph nodes pushed in topological order, one "wave" at a time.
+
+Both executors are built from stages. The local executor runs every non-source node in
+one stage; the Ray executor runs one stage per actor (a node, or a fused chain). A wave is
+everything that follows from one source batch. Within a stage each node takes its inputs
+ordered by the topological rank of their producer, so the same graph and input give the
+same outputs however the nodes are grouped into stages.
+
+An item on an edge is a plain tuple `(src_node, src_port, batch, seq, ingest_ns)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from pipeline.errors import OperatorError, ReflexarcError
+from pipeline.graph import Graph
+from pipeline.metrics import NodeMetrics
+from pipeline.operator import emitted
+from pipeline.schemas import Header
+
+Item = tuple  # (src_node, src_port, batch, seq, ingest_ns)
+
+
+class Stage:
+    """Runs a topologically ordered subset of a graph's nodes on waves of items."""
+
+    def __init__(self, graph: Graph, node_ids: list[str]):
+        rank = {n: i for i, n in enumerate(graph.order)}
+        self.ids = [n for n in graph.order if n in set(node_ids)]
+        self.rank = rank
+        self.nodes = {n: graph.nodes[n] for n in self.ids}
+        self.ops = {n: graph.nodes[n].op for n in self.ids}
+        self.metrics = {n: NodeMetrics(n, self.ops[n].name) for n in self.ids}
+        self.routes: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+        self.exported: set[tuple[str, str]] = set()
+        members = set(self.ids)
+        for node in graph.nodes.values():
+            for port, edge in node.inputs.items():
+                if node.id in members:
+                    self.routes[(edge.src, edge.src_port)].append((node.id, port))
+                elif edge.src in members:
+                    self.exported.add((edge.src, edge.src_port))
+        self.routes = dict(self.routes)
+        self.seq: dict[tuple[str, str], int] = defaultdict(int)
+        self.headers = {n: getattr(self.ops[n], "wants_header", False) for n in self.ids}
+        self._setup_done: list[str] = []
+
+    # -- lifecycle -----------------------------------------------------------------
+    def setup(self) -> None:
+        for n in self.ids:
+            try:
+                self.ops[n].setup()
+            except ReflexarcError as exc:
+                raise OperatorError(n, str(exc)) from exc
+            except Exception as exc:
+                raise OperatorError(n, f"setup failed: {type(exc).__name__}: {exc}") from exc
+            self._setup_done.append(n)
+
+    def close(self) -> list[OperatorError]:
+        """Close every operator that was set up; return (not raise) what failed."""
+        failures = []
+        for n in self._setup_done:
+            try:
+                self.ops[n].close()
+            except Exception as exc:
+                failures.append(OperatorError(n, f"close failed: {exc}"))
+        self._setup_done = []
+        return failures
+
+    # -- waves ---------------------------------------------------------------------
+    def step(self, items: list[Item]) -> list[Item]:
+        """Push one wave of incoming items through the stage; return items that leave it."""
+        return self._run(items, flush=False)
+
+    def finish(self, items: list[Item]) -> list[Item]:
+        """The last wave: push `items`, then flush every node in order."""
+        return self._run(items, flush=True)
+
+    def _run(self, items: list[Item], flush: bool) -> list[Item]:
+        pending: dict[str, list] = {}
+        out: list[Item] = []
+        routes = self.routes
+        for item in items:
+            for dst, dport in routes.get((item[0], item[1]), ()):
+                pending.setdefault(dst, []).append((dport, item))
+        for n in self.ids:
+            inbox = pending.pop(n, None)
+            if inbox:
+                if len(inbox) > 1:
+                    inbox.sort(key=lambda e: self.rank[e[1][0]])
+                for dport, item in inbox:
+                    self._process(n, dport, item, pending, out)
+            if flush:
+                self._flush(n, pending, out)
+        return out
+
+    def _process(self, n: str, port: str, item: Item, pending: dict, out: list) -> None:
+        op = self.ops[n]
+        m = self.metrics[n]
+        batch, seq, ingest = item[2], item[3], item[4]
+        m.batches_in += 1
+        m.items_in += batch.num_rows
+        t0 = time.perf_counter_ns()
+        try:
+            if self.headers[n]:
+                result = op.process(port, batch, Header(f"{item[0]}.{item[1]}", seq, ingest))
+            else:
+                result = op.process(port, batch)
+            pairs = emitted(op, result)
+            self._emit(n, pairs, ingest, pending, out)
+        except ReflexarcError as exc:
+            raise OperatorError(n, str(exc), seq) from exc
+        except Exception as exc:
+            raise OperatorError(n, f"{type(exc).__name__}: {exc}", seq) from exc
+        m.proc.add(time.perf_counter_ns() - t0)
+        if not op.outputs or self.nodes[n].latency_budget_ms is not None:
+            e2e = time.time_ns() - ingest
+            m.e2e.add(e2e)
+            budget = self.nodes[n].latency_budget_ms
+            if budget is not None and e2e > budget * 1e6:
+                m.budget_misses += 1
+                if self.nodes[n].on_budget_miss == "safe_state":
+                    m.safe_states += 1
+                    op.safe_state(f"latency budget of {budget} ms missed ({e2e / 1e6:.2f} ms)")
+
+    def _flush(self, n: str, pending: dict, out: list) -> None:
+        op = self.ops[n]
+        try:
+            pairs = emitted(op, op.finish())
+            self._emit(n, pairs, time.time_ns(), pending, out)
+        except ReflexarcError as exc:
+            raise OperatorError(n, str(exc)) from exc
+        except Exception as exc:
+            raise OperatorError(n, f"finish failed: {type(exc).__name__}: {exc}") from exc
+
+    def _emit(self, n: str, pairs, ingest: int, pending: dict, out: list) -> None:
+        m = self.metrics[n]
+        for port, batch in pairs:
+            key = (n, port)
+            seq = self.seq[key]
+            self.seq[key] = seq + 1
+            m.batches_out += 1
+            m.items_out += batch.num_rows
+            new = (n, port, batch, seq, ingest)
+            for dst, dport in self.routes.get(key, ()):
+                pending.setdefault(dst, []).append((dport, new))
+            if key in self.exported:
+                out.append(new)
+
+    # -- state and reports ---------------------------------------------------------
+    def state(self) -> dict:
+        return {"ops": {n: self.ops[n].state() for n in self.ids}, "seq": dict(self.seq)}
+
+    def restore(self, state: dict) -> None:
+        for n, s in state["ops"].items():
+            if s is not None:
+                self.ops[n].restore(s)
+        self.seq = defaultdict(int, state["seq"])
+
+    def results(self) -> dict:
+        return {n: self.ops[n].result() for n in self.ids if self.ops[n].result() is not None}
+
+    def snapshots(self) -> list[dict]:
+        return [self.metrics[n].snapshot() for n in self.ids]
+
+    def safe_state(self, reason: str) -> None:
+        for n in self.ids:
+            if self.ops[n].actuator:
+                self.ops[n].safe_state(reason)
