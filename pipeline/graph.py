@@ -408,6 +408,15 @@ class Graph:
                 raise ConfigError(problems, self.source)
         return self
 
+    def fresh(self) -> Graph:
+        """A copy with new operator instances, so every run starts from clean state."""
+        g = copy.copy(self)
+        g.nodes = {}
+        for n, node in self.nodes.items():
+            op = type(node.op)(node.op.params, node=n)
+            g.nodes[n] = Node(n, op, dict(node.inputs), node.latency_budget_ms, node.on_budget_miss, node.fuse)
+        return g
+
     # -- queries -------------------------------------------------------------------
     @property
     def sources(self) -> list[Node]:
@@ -474,7 +483,7 @@ def apply_overrides(data: dict, overrides, problems: list[Problem]) -> None:
         except ConfigError:
             fields = None
         if fields is not None and keys[0] not in fields:
-            problems.append(Problem(parts[0], "--set", f"'{keys[0]}' is not a parameter of '{op_name}' (parameters: {', '.join(fields) or 'none'})"))
+            problems.append(Problem(None, f"--set {path}", f"'{keys[0]}' is not a parameter of '{op_name}' (parameters: {', '.join(fields) or 'none'})"))
             continue
         target = spec.setdefault("params", {}) or {}
         spec["params"] = target

@@ -60,7 +60,7 @@ def run(
     crash recovery) or `ray-compiled` (Ray Compiled Graphs, lowest latency).
     `options` go to the executor (for Ray: `fuse`, `checkpoint_every`, `max_restarts`).
     """
-    graph.check()
+    graph = graph.check().fresh()
     start = time.perf_counter()
     recovery: dict = {}
     if executor == "local":
