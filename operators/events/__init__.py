@@ -1,0 +1,9 @@
+"""Event cameras: sources (AEDAT4, other formats, UDP, a synthetic camera) and Numba kernels.
+
+Importing this package registers its operators.
+"""
+
+from operators.events import synthetic  # noqa: F401  (registers synthetic_camera)
+from operators.events.synthetic import GESTURES, gesture_events, gesture_recording, write_aedat4
+
+__all__ = ["GESTURES", "gesture_events", "gesture_recording", "write_aedat4"]
