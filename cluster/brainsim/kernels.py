@@ -1,0 +1,296 @@
+"""Numba kernels of the spiking network engine: random streams, connectivity, neuron updates.
+
+Everything here takes and returns NumPy arrays and knows nothing of Arrow, Ray or configs.
+
+Determinism across partitionings: every random number is drawn from a stream keyed by a
+*global* index (neuron or post-synaptic neuron and projection), never from a per-process
+generator, so splitting the neurons over 1, 2 or 4 partitions draws the same numbers.
+Synapses are stored by their pre-synaptic neuron (CSR) on the partition that owns the
+post-synaptic neuron, in (projection, post, draw) order, so the floating-point sums into
+each neuron's ring buffer happen in the same order whatever the partitioning.
+
+Synapse storage: `tgt` uint32 (local post index), `w` float32, `dch` uint8 (delay in
+steps in bits 0-6, receptor channel in bit 7): 9 bytes per synapse plus the row pointers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+# population model codes
+LIF_CUBA, LIF_COBA, LIF_DELTA, POISSON, SPIKE_SOURCE = 0, 1, 2, 3, 4
+# projection rule codes
+FIXED_PROB, FIXED_INDEGREE, ONE_TO_ONE = 0, 1, 2
+# distribution codes
+CONST, NORMAL, UNIFORM = 0, 1, 2
+
+# population table columns (float64)
+P_MODEL, P_LO, P_N, P_P22, P_P21E, P_P21I, P_DECE, P_DECI, P_VREST, P_VTH, P_VRESET, P_REF = range(12)
+P_EXTLAM, P_EXTW, P_EXTCH, P_EE, P_EI, P_TAUM, P_DT, P_RATEP, P_V0LO, P_V0HI = range(12, 22)
+POP_COLS = 22
+
+# projection table columns (float64)
+(J_PRELO, J_PREN, J_POSTLO, J_POSTN, J_RULE, J_RP, J_WD, J_WA, J_WB, J_DD, J_DA, J_DB, J_CH,
+ J_AUTAPSES, J_SEED) = range(15)
+PROJ_COLS = 15
+
+DELAY_MASK = np.uint8(0x7F)
+
+
+@njit(cache=True, nogil=True)
+def mix64(z):
+    """SplitMix64 finaliser: a well-mixed 64-bit word from any 64-bit word."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True)
+def stream_seed(seed, salt, index):
+    """Seed of the random stream for (run seed, purpose salt, global index)."""
+    z = mix64(np.uint64(seed) * GOLDEN + np.uint64(salt))
+    return mix64(z ^ (np.uint64(index) * np.uint64(0xD1B54A32D192ED03)))
+
+
+@njit(cache=True, nogil=True)
+def next_uniform(state, i):
+    """Advance stream `state[i]` (SplitMix64) and return a double in [0, 1)."""
+    s = state[i] + GOLDEN
+    state[i] = s
+    return float(mix64(s) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, nogil=True)
+def poisson_draw(state, i, lam):
+    """A Poisson(lam) count by inversion (lam is small: a rate times one step)."""
+    if lam <= 0.0:
+        return 0
+    u = next_uniform(state, i)
+    p = math.exp(-lam)
+    s = p
+    k = 0
+    while u > s and k < 1000:
+        k += 1
+        p *= lam / k
+        s += p
+    return k
+
+
+@njit(cache=True, nogil=True)
+def normal_draw(state, i):
+    """A standard normal by Box-Muller (one of the pair; streams stay simple)."""
+    u1 = next_uniform(state, i)
+    u2 = next_uniform(state, i)
+    return math.sqrt(-2.0 * math.log(1.0 - u1)) * math.cos(2.0 * math.pi * u2)
+
+
+@njit(cache=True, nogil=True)
+def _draw(state, code, a, b):
+    if code == CONST:
+        return a
+    if code == NORMAL:
+        return a + b * normal_draw(state, 0)
+    return a + (b - a) * next_uniform(state, 0)
+
+
+@njit(cache=True, nogil=True)
+def _synapses_of(proj, post, seed, pres, ws, ds, dt):
+    """Draw the incoming synapses of global neuron `post` for one projection row.
+
+    Returns how many were written to `pres`, `ws`, `ds` (sized for the worst case).
+    """
+    rule = int(proj[J_RULE])
+    pre_lo = int(proj[J_PRELO])
+    pre_n = int(proj[J_PREN])
+    post_local = post - int(proj[J_POSTLO])
+    state = np.empty(1, np.uint64)
+    state[0] = stream_seed(seed, int(proj[J_SEED]), post)
+    autapses = proj[J_AUTAPSES] > 0.5
+    count = 0
+    if rule == ONE_TO_ONE:
+        if post_local < pre_n:
+            pres[0] = pre_lo + post_local
+            count = 1
+    elif rule == FIXED_INDEGREE:
+        k = int(proj[J_RP])
+        while count < k:
+            j = pre_lo + int(next_uniform(state, 0) * pre_n)
+            if not autapses and j == post:
+                continue
+            pres[count] = j
+            count += 1
+    else:
+        p = proj[J_RP]
+        if p >= 1.0:
+            for j in range(pre_n):
+                if autapses or pre_lo + j != post:
+                    pres[count] = pre_lo + j
+                    count += 1
+        elif p > 0.0:
+            log1mp = math.log(1.0 - p)
+            j = -1
+            while True:
+                j += 1 + int(math.log(1.0 - next_uniform(state, 0)) / log1mp)
+                if j >= pre_n:
+                    break
+                if autapses or pre_lo + j != post:
+                    pres[count] = pre_lo + j
+                    count += 1
+    sign_w = 1.0 if proj[J_WA] >= 0.0 else -1.0
+    for c in range(count):
+        w = _draw(state, int(proj[J_WD]), proj[J_WA], proj[J_WB])
+        if w * sign_w < 0.0:  # a distributed weight never changes sign
+            w = 0.0
+        ws[c] = w
+        d = _draw(state, int(proj[J_DD]), proj[J_DA], proj[J_DB])
+        steps = int(round(d / dt))
+        ds[c] = max(1, min(127, steps))
+    return count
+
+
+@njit(cache=True, nogil=True)
+def build_csr(projs, lo, hi, n_global, seed, dt, max_row):
+    """Incoming synapses of neurons [lo, hi) as CSR rows keyed by global pre index.
+
+    Two passes over the same random streams (count, then fill: a stable counting sort),
+    so no temporary arrays of synapse size are needed.
+    """
+    indptr = np.zeros(n_global + 1, np.int64)
+    pres = np.empty(max_row, np.int64)
+    ws = np.empty(max_row, np.float64)
+    ds = np.empty(max_row, np.int64)
+    for r in range(projs.shape[0]):
+        p_lo = int(projs[r, J_POSTLO])
+        p_hi = p_lo + int(projs[r, J_POSTN])
+        for post in range(max(lo, p_lo), min(hi, p_hi)):
+            c = _synapses_of(projs[r], post, seed, pres, ws, ds, dt)
+            for s in range(c):
+                indptr[pres[s] + 1] += 1
+    for j in range(n_global):
+        indptr[j + 1] += indptr[j]
+    total = indptr[n_global]
+    tgt = np.empty(total, np.uint32)
+    w = np.empty(total, np.float32)
+    dch = np.empty(total, np.uint8)
+    fill = indptr[:-1].copy()
+    for r in range(projs.shape[0]):
+        p_lo = int(projs[r, J_POSTLO])
+        p_hi = p_lo + int(projs[r, J_POSTN])
+        ch = np.uint8(128) if projs[r, J_CH] > 0.5 else np.uint8(0)
+        for post in range(max(lo, p_lo), min(hi, p_hi)):
+            c = _synapses_of(projs[r], post, seed, pres, ws, ds, dt)
+            for s in range(c):
+                k = fill[pres[s]]
+                tgt[k] = post - lo
+                w[k] = ws[s]
+                dch[k] = np.uint8(ds[s]) | ch
+                fill[pres[s]] = k + 1
+    return indptr, tgt, w, dch
+
+
+@njit(cache=True, nogil=True)
+def init_neurons(pops, pidx, lo, seed, v, rng):
+    """Initial membrane potentials (uniform in [v0_lo, v0_hi]) and per-neuron streams."""
+    for i in range(v.shape[0]):
+        g = lo + i
+        rng[i] = stream_seed(seed, 1, g)
+        row = pops[pidx[i]]
+        v[i] = row[P_V0LO] + (row[P_V0HI] - row[P_V0LO]) * next_uniform(rng, i)
+
+
+@njit(cache=True, nogil=True)
+def deliver(steps, neurons, indptr, tgt, w, dch, buf):
+    """Add each spike's weights into the ring-buffer slot of its arrival step.
+
+    `steps`, `neurons`: the spikes of one window, sorted by (step, global neuron).
+    `buf[slot, channel, local neuron]`, slot = arrival step modulo the ring length.
+    """
+    ring = buf.shape[0]
+    for s in range(steps.shape[0]):
+        step = steps[s]
+        j = neurons[s]
+        for k in range(indptr[j], indptr[j + 1]):
+            code = dch[k]
+            slot = (step + (code & DELAY_MASK)) % ring
+            buf[slot, code >> 7, tgt[k]] += w[k]
+
+
+@njit(cache=True, nogil=True)
+def advance(pops, pidx, lo, step0, n_steps, v, ge, gi, refr, rng, buf, src_steps, src_neurons, src_ptr,
+            out_steps, out_neurons):
+    """Update neurons from step `step0` for `n_steps` steps; return the spike count written.
+
+    One step t -> t+1: exact propagation of the linear sub-threshold dynamics (CUBA,
+    delta synapses; exponential Euler at frozen conductance for COBA), then the input
+    arriving at t+1 from the ring buffer and the external Poisson drive, then threshold,
+    reset and refractoriness. A spike is stamped with step t+1.
+    """
+    ring = buf.shape[0]
+    n = v.shape[0]
+    count = 0
+    for t in range(step0, step0 + n_steps):
+        slot = (t + 1) % ring
+        for i in range(n):
+            row = pops[pidx[i]]
+            model = int(row[P_MODEL])
+            spiked = False
+            if model == POISSON:
+                spiked = next_uniform(rng, i) < row[P_RATEP]
+            elif model == SPIKE_SOURCE:
+                pass
+            else:
+                in_e = buf[slot, 0, i]
+                in_i = buf[slot, 1, i]
+                buf[slot, 0, i] = 0.0
+                buf[slot, 1, i] = 0.0
+                n_ext = poisson_draw(rng, i, row[P_EXTLAM])
+                ext = n_ext * row[P_EXTW]
+                if row[P_EXTCH] > 0.5:
+                    in_i += ext
+                else:
+                    in_e += ext
+                if model == LIF_CUBA:
+                    if refr[i] > 0:
+                        refr[i] -= 1
+                    else:
+                        v[i] = row[P_VREST] + (v[i] - row[P_VREST]) * row[P_P22] + ge[i] * row[P_P21E] \
+                            + gi[i] * row[P_P21I]
+                    ge[i] = ge[i] * row[P_DECE] + in_e
+                    gi[i] = gi[i] * row[P_DECI] + in_i
+                elif model == LIF_COBA:
+                    if refr[i] > 0:
+                        refr[i] -= 1
+                    else:
+                        gtot = 1.0 + ge[i] + gi[i]
+                        vinf = (row[P_VREST] + ge[i] * row[P_EE] + gi[i] * row[P_EI]) / gtot
+                        v[i] = vinf + (v[i] - vinf) * math.exp(-row[P_DT] * gtot / row[P_TAUM])
+                    ge[i] = ge[i] * row[P_DECE] + in_e
+                    gi[i] = gi[i] * row[P_DECI] + in_i
+                else:  # LIF_DELTA: the input is a jump of the membrane potential
+                    if refr[i] > 0:
+                        refr[i] -= 1
+                    else:
+                        v[i] = row[P_VREST] + (v[i] - row[P_VREST]) * row[P_P22] + in_e + in_i
+                if refr[i] == 0 and v[i] >= row[P_VTH]:
+                    spiked = True
+                    v[i] = row[P_VRESET]
+                    refr[i] = int(row[P_REF])
+            if spiked:
+                out_steps[count] = t + 1
+                out_neurons[count] = lo + i
+                count += 1
+        # spike sources: their (step, local neuron) list is sorted by step
+        p = src_ptr[0]
+        while p < src_steps.shape[0] and src_steps[p] <= t + 1:
+            if src_steps[p] == t + 1:
+                out_steps[count] = t + 1
+                out_neurons[count] = lo + src_neurons[p]
+                count += 1
+            p += 1
+        src_ptr[0] = p
+    return count

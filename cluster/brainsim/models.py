@@ -1,0 +1,80 @@
+"""Built-in networks with their parameters taken from the original papers.
+
+- Vogels & Abbott (2005), J. Neurosci. 25:10786, in the form used as Benchmarks 1 (COBA)
+  and 2 (CUBA) of Brette et al. (2007), J. Comput. Neurosci. 23:349, and by the Brian
+  and NEST example scripts: 4,000 LIF neurons, 80 % excitatory, 2 % random connectivity.
+- Brunel (2000), J. Comput. Neurosci. 8:183, model A: N_E = 10,000, N_I = 2,500, in-degree
+  C_E = 1,000 (epsilon = 0.1), C_I = 250, J = 0.1 mV, J_I = -g J, delay D = 1.5 ms,
+  theta = 20 mV, V_r = 10 mV, tau = 20 ms, tau_rp = 2 ms; each neuron gets C_E external
+  Poisson inputs at nu_ext = eta * nu_thr with nu_thr = theta / (J C_E tau). The state is
+  set by g and eta (Fig. 8): SR (g=3, eta=2), SI fast (g=6, eta=4), AI (g=5, eta=2),
+  SI slow (g=4.5, eta=0.9).
+
+`scale` multiplies population sizes. For Brunel the in-degrees stay at the paper's
+values (so the mean-field state, which depends on C_E, J, g and eta, is kept) unless
+`indegree_e` is given; for Vogels & Abbott the connection probability stays 2 % (so the
+in-degree scales, as in the Brian/NEST scaling runs) unless `p` is given.
+"""
+
+from __future__ import annotations
+
+from cluster.brainsim.spec import External, Population, Projection
+
+BRUNEL_STATES = {"SR": (3.0, 2.0), "SI_fast": (6.0, 4.0), "AI": (5.0, 2.0), "SI_slow": (4.5, 0.9)}
+
+
+def brunel2000(scale: float, state: str = "AI", g: float | None = None, eta: float | None = None,
+               indegree_e: int = 1000, j_mv: float = 0.1, delay_ms: float = 1.5):
+    """Brunel (2000) sparsely connected excitatory-inhibitory network of delta-synapse LIFs."""
+    if state not in BRUNEL_STATES:
+        raise ValueError(f"brunel2000 state '{state}' is not one of {', '.join(BRUNEL_STATES)}")
+    g0, eta0 = BRUNEL_STATES[state]
+    g = g0 if g is None else g
+    eta = eta0 if eta is None else eta
+    n_e, n_i = max(1, round(10_000 * scale)), max(1, round(2_500 * scale))
+    c_e, c_i = int(indegree_e), max(1, int(indegree_e) // 4)
+    tau_ms, theta = 20.0, 20.0
+    nu_thr_hz = theta / (j_mv * c_e * tau_ms * 1e-3)
+    neuron = dict(model="lif_delta", tau_m_ms=tau_ms, v_rest_mv=0.0, v_thresh_mv=theta, v_reset_mv=10.0,
+                  t_ref_ms=2.0, v_init_mv=(0.0, theta),
+                  external=External(rate_hz=c_e * eta * nu_thr_hz, weight=j_mv))
+    pops = [Population(name="E", size=n_e, **neuron), Population(name="I", size=n_i, **neuron)]
+    projs = []
+    for post in ("E", "I"):
+        projs.append(Projection(pre="E", post=post, rule="fixed_indegree", indegree=c_e, weight=j_mv,
+                                delay_ms=delay_ms, autapses=False))
+        projs.append(Projection(pre="I", post=post, rule="fixed_indegree", indegree=c_i, weight=-g * j_mv,
+                                delay_ms=delay_ms, autapses=False))
+    return pops, projs
+
+
+def _vogels_abbott(scale, model, w_e, w_i, p, delay_ms, e_l):
+    n = max(2, round(4000 * scale))
+    n_e = round(0.8 * n)
+    neuron = dict(model=model, tau_m_ms=20.0, v_rest_mv=e_l, v_thresh_mv=-50.0, v_reset_mv=-60.0,
+                  t_ref_ms=5.0, tau_syn_e_ms=5.0, tau_syn_i_ms=10.0, e_rev_e_mv=0.0, e_rev_i_mv=-80.0,
+                  v_init_mv=(-60.0, -50.0))
+    pops = [Population(name="E", size=n_e, **neuron), Population(name="I", size=n - n_e, **neuron)]
+    projs = []
+    for post in ("E", "I"):
+        projs.append(Projection(pre="E", post=post, p=p, weight=w_e, delay_ms=delay_ms, receptor="exc"))
+        projs.append(Projection(pre="I", post=post, p=p, weight=w_i, delay_ms=delay_ms, receptor="inh"))
+    return pops, projs
+
+
+def vogels_abbott_cuba(scale: float, p: float = 0.02, delay_ms: float = 0.1):
+    """CUBA: E_l = -49 mV (above threshold: self-driven), w_e = 1.62 mV, w_i = -9 mV.
+
+    Weights as in Brette et al. (2007) Benchmark 2: (60 * 0.27 / 10) mV and (-20 * 4.5 / 10) mV;
+    tau_m 20 ms, tau_e 5 ms, tau_i 10 ms, V_t -50 mV, V_r -60 mV, refractory 5 ms.
+    """
+    return _vogels_abbott(scale, "lif_cuba", 1.62, -9.0, p, delay_ms, -49.0)
+
+
+def vogels_abbott_coba(scale: float, p: float = 0.02, delay_ms: float = 0.1):
+    """COBA: E_l = -60 mV, E_e = 0 mV, E_i = -80 mV, g_e = 6 nS, g_i = 67 nS over g_l = 10 nS."""
+    return _vogels_abbott(scale, "lif_coba", 0.6, 6.7, p, delay_ms, -60.0)
+
+
+BUILTINS = {"brunel2000": brunel2000, "vogels_abbott_cuba": vogels_abbott_cuba,
+            "vogels_abbott_coba": vogels_abbott_coba}

@@ -1,0 +1,187 @@
+"""One partition of a network: the neurons of a global index range and their incoming synapses.
+
+A `Partition` is what a Ray actor holds; the in-process runner holds several. Its only
+traffic with the rest of the network is `step_window(spikes)`: take the spikes every
+partition emitted in the previous window, return its own for this one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cluster.brainsim import kernels as k
+from cluster.brainsim.spec import Dist, NetworkSpec
+
+MODEL_CODES = {"lif_cuba": k.LIF_CUBA, "lif_coba": k.LIF_COBA, "lif_delta": k.LIF_DELTA,
+               "poisson": k.POISSON, "spike_source": k.SPIKE_SOURCE}
+RULE_CODES = {"fixed_probability": k.FIXED_PROB, "fixed_indegree": k.FIXED_INDEGREE, "one_to_one": k.ONE_TO_ONE}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A network compiled to flat tables: what every partition needs to build its part."""
+
+    names: tuple[str, ...]
+    offsets: np.ndarray  # population start indices, plus the total at the end
+    pops: np.ndarray  # (n_pops, POP_COLS) float64
+    projs: np.ndarray  # (n_projs, PROJ_COLS) float64
+    src_steps: np.ndarray  # spike-source spikes: step, sorted
+    src_neurons: np.ndarray  # global index
+    dt_ms: float
+    seed: int
+    min_delay_steps: int
+    max_delay_steps: int
+    max_row: int
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets[-1])
+
+    def population_of(self, name: str) -> tuple[int, int]:
+        i = self.names.index(name)
+        return int(self.offsets[i]), int(self.offsets[i + 1])
+
+
+def _dist(value, dt_ms: float | None = None) -> tuple[int, float, float]:
+    if isinstance(value, Dist):
+        if value.dist == "normal":
+            return k.NORMAL, value.mean, value.std
+        return k.UNIFORM, value.low, value.high
+    return k.CONST, float(value), 0.0
+
+
+def _delay_range(value, dt_ms: float) -> tuple[int, int]:
+    code, a, b = _dist(value)
+    if code == k.CONST:
+        lo = hi = a
+    elif code == k.UNIFORM:
+        lo, hi = a, b
+    else:  # normal: clipped to [dt, 127 dt] by the kernel
+        lo, hi = max(dt_ms, a - 8 * b), a + 8 * b
+    steps = lambda d: max(1, min(127, int(round(d / dt_ms))))  # noqa: E731
+    return steps(lo), steps(hi)
+
+
+def compile_network(spec: NetworkSpec) -> Layout:
+    """Check a network and turn it into the tables the kernels read."""
+    spec = spec.expanded()
+    dt = spec.dt_ms
+    if abs(dt * 1000 - round(dt * 1000)) > 1e-9:
+        raise ValueError(f"dt_ms={dt} must be a whole number of microseconds")
+    names = tuple(p.name for p in spec.populations)
+    if not names:
+        raise ValueError("the network has no populations")
+    if len(set(names)) != len(names):
+        raise ValueError(f"population names repeat: {names}")
+    offsets = np.cumsum([0] + [p.size for p in spec.populations]).astype(np.int64)
+    pops = np.zeros((len(names), k.POP_COLS))
+    src = []
+    for i, p in enumerate(spec.populations):
+        row = pops[i]
+        row[k.P_MODEL] = MODEL_CODES[p.model]
+        row[k.P_LO], row[k.P_N] = offsets[i], p.size
+        e_m, e_e, e_i = math.exp(-dt / p.tau_m_ms), math.exp(-dt / p.tau_syn_e_ms), math.exp(-dt / p.tau_syn_i_ms)
+        row[k.P_P22], row[k.P_DECE], row[k.P_DECI] = e_m, e_e, e_i
+        # exact propagator of an exponentially decaying current onto v (Rotter & Diesmann 1999)
+        for col, tau in ((k.P_P21E, p.tau_syn_e_ms), (k.P_P21I, p.tau_syn_i_ms)):
+            row[col] = dt / p.tau_m_ms * e_m if abs(tau - p.tau_m_ms) < 1e-12 else \
+                tau / (tau - p.tau_m_ms) * (math.exp(-dt / tau) - e_m)
+        row[k.P_VREST], row[k.P_VTH], row[k.P_VRESET] = p.v_rest_mv, p.v_thresh_mv, p.v_reset_mv
+        row[k.P_REF] = int(round(p.t_ref_ms / dt))
+        if p.external is not None:
+            row[k.P_EXTLAM] = p.external.rate_hz * dt * 1e-3
+            row[k.P_EXTW] = p.external.weight
+            row[k.P_EXTCH] = 1.0 if p.external.receptor == "inh" else 0.0
+        row[k.P_EE], row[k.P_EI], row[k.P_TAUM], row[k.P_DT] = p.e_rev_e_mv, p.e_rev_i_mv, p.tau_m_ms, dt
+        row[k.P_RATEP] = p.rate_hz * dt * 1e-3
+        v0 = p.v_init_mv or (p.v_rest_mv, p.v_rest_mv)
+        row[k.P_V0LO], row[k.P_V0HI] = v0
+        for t_ms, n in zip(p.spike_times_ms, p.spike_neurons, strict=True):
+            src.append((max(1, int(round(t_ms / dt))), offsets[i] + n))
+    src.sort()
+    projs = np.zeros((len(spec.projections), k.PROJ_COLS))
+    d_lo, d_hi, max_row = 127, 1, 1
+    for r, pr in enumerate(spec.projections):
+        for end in (pr.pre, pr.post):
+            if end not in names:
+                raise ValueError(f"projection {pr.pre}->{pr.post}: no population '{end}' (have {', '.join(names)})")
+        a, b = names.index(pr.pre), names.index(pr.post)
+        if spec.populations[b].model in ("poisson", "spike_source"):
+            raise ValueError(f"projection {pr.pre}->{pr.post}: '{pr.post}' generates spikes and takes no input")
+        row = projs[r]
+        row[k.J_PRELO], row[k.J_PREN] = offsets[a], offsets[a + 1] - offsets[a]
+        row[k.J_POSTLO], row[k.J_POSTN] = offsets[b], offsets[b + 1] - offsets[b]
+        row[k.J_RULE] = RULE_CODES[pr.rule]
+        row[k.J_RP] = pr.p if pr.rule == "fixed_probability" else pr.indegree
+        row[k.J_WD], row[k.J_WA], row[k.J_WB] = _dist(pr.weight)
+        if isinstance(pr.weight, Dist) and pr.weight.dist == "normal":
+            row[k.J_WA], row[k.J_WB] = pr.weight.mean, pr.weight.std
+        row[k.J_DD], row[k.J_DA], row[k.J_DB] = _dist(pr.delay_ms)
+        w0 = row[k.J_WA]
+        receptor = pr.receptor or ("exc" if w0 >= 0 else "inh")
+        row[k.J_CH] = 1.0 if receptor == "inh" else 0.0
+        row[k.J_AUTAPSES] = 1.0 if pr.autapses else 0.0
+        row[k.J_SEED] = 1000 + r
+        lo, hi = _delay_range(pr.delay_ms, dt)
+        d_lo, d_hi = min(d_lo, lo), max(d_hi, hi)
+        pre_n = int(row[k.J_PREN])
+        max_row = max(max_row, pr.indegree if pr.rule == "fixed_indegree" else pre_n if pr.rule != "one_to_one" else 1)
+    if not spec.projections:
+        d_lo = d_hi = 1
+    src_arr = np.array(src, dtype=np.int64).reshape(-1, 2)
+    return Layout(names, offsets, pops, projs, src_arr[:, 0].copy(), src_arr[:, 1].copy(), dt, spec.seed,
+                  d_lo, d_hi, max_row)
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous, nearly equal neuron ranges for `parts` partitions."""
+    edges = [n * i // parts for i in range(parts + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(parts)]
+
+
+class Partition:
+    """Neurons [lo, hi) of a network, their state, incoming synapses and ring buffers."""
+
+    def __init__(self, layout: Layout, lo: int, hi: int):
+        self.layout, self.lo, self.hi = layout, lo, hi
+        self.window = layout.min_delay_steps
+        n = hi - lo
+        self.pidx = (np.searchsorted(layout.offsets, np.arange(lo, hi), side="right") - 1).astype(np.int32)
+        self.v = np.zeros(n)
+        self.ge = np.zeros(n)
+        self.gi = np.zeros(n)
+        self.refr = np.zeros(n, np.int32)
+        self.rng = np.zeros(n, np.uint64)
+        k.init_neurons(layout.pops, self.pidx, lo, layout.seed, self.v, self.rng)
+        self.indptr, self.tgt, self.w, self.dch = k.build_csr(
+            layout.projs, lo, hi, layout.n, layout.seed, layout.dt_ms, layout.max_row)
+        ring = layout.max_delay_steps + self.window + 1
+        self.buf = np.zeros((ring, 2, n))
+        mine = (layout.src_neurons >= lo) & (layout.src_neurons < hi)
+        self.src_steps = layout.src_steps[mine]
+        self.src_neurons = (layout.src_neurons[mine] - lo).astype(np.int64)
+        self.src_ptr = np.zeros(1, np.int64)
+        self.out_steps = np.empty(n * self.window + len(self.src_steps) + 1, np.int64)
+        self.out_neurons = np.empty_like(self.out_steps)
+        self.step = 0
+
+    @property
+    def synapses(self) -> int:
+        return int(self.tgt.shape[0])
+
+    def synapse_bytes(self) -> int:
+        """Bytes of synapse storage: targets, weights, delay/channel bytes and row pointers."""
+        return int(self.tgt.nbytes + self.w.nbytes + self.dch.nbytes + self.indptr.nbytes)
+
+    def step_window(self, steps: np.ndarray, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Deliver last window's spikes (global, sorted), advance one window, return own spikes."""
+        if len(steps):
+            k.deliver(steps, neurons, self.indptr, self.tgt, self.w, self.dch, self.buf)
+        c = k.advance(self.layout.pops, self.pidx, self.lo, self.step, self.window, self.v, self.ge, self.gi,
+                      self.refr, self.rng, self.buf, self.src_steps, self.src_neurons, self.src_ptr,
+                      self.out_steps, self.out_neurons)
+        self.step += self.window
+        return self.out_steps[:c].copy(), self.out_neurons[:c].copy()

@@ -1,0 +1,126 @@
+"""One call that simulates a network, records its spikes and reports on it (the CLI's body)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from cluster.brainsim.engine import Simulation
+from cluster.brainsim.report import plot, population_stats
+from cluster.brainsim.spec import NetworkSpec
+from pipeline import schemas as sch
+from pipeline.errors import ConfigError
+
+
+def load_config(path: str | Path) -> tuple[NetworkSpec, dict]:
+    """The network and the `brainsim` node's other params from a config file.
+
+    A config is a pipeline whose source node has `op: brainsim` (so `reflexarc run` runs it
+    too), or a bare mapping with a `network:` key.
+    """
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read '{path}': {exc}") from None
+    params = None
+    if isinstance(doc, dict) and isinstance(doc.get("nodes"), dict):
+        for node in doc["nodes"].values():
+            if isinstance(node, dict) and node.get("op") == "brainsim":
+                params = dict(node.get("params") or {})
+                break
+        if params is None:
+            raise ConfigError(f"{path}: no node with op: brainsim")
+    elif isinstance(doc, dict) and "network" in doc:
+        params = dict(doc)
+    else:
+        raise ConfigError(f"{path}: expected a pipeline with a brainsim node or a `network:` mapping")
+    try:
+        spec = NetworkSpec(**(params.pop("network", None) or {}))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: network: {exc}") from None
+    return spec, params
+
+
+def simulate(spec: NetworkSpec, duration_s: float, actors: int = 1, backend: str | None = None,
+             out: str | Path | None = None, transient_ms: float = 100.0, batch_ms: float = 100.0) -> dict:
+    """Run `spec` for `duration_s` biological seconds; write spikes, report and plots to `out`.
+
+    Returns the report: per-population rate, CV ISI and synchrony, network size, synapse
+    memory, wall time and real-time factor (wall time over biological time).
+    """
+    backend = backend or ("ray" if actors > 1 else "inline")
+    sim = Simulation(spec, actors=actors, backend=backend)
+    layout = sim.layout
+    folder = Path(out) if out else None
+    recorder = None
+    schemas = {name: sch.spikes_schema(name, hi - lo)
+               for name in layout.names for lo, hi in [layout.population_of(name)]}
+    if folder is not None:
+        from pipeline.recording import Record, RecordParams
+
+        folder.mkdir(parents=True, exist_ok=True)
+        streams = [f"brainsim.{name}" for name in layout.names]
+        recorder = Record(RecordParams(dir=str(folder), streams=streams, overwrite=True,
+                                       config={"network": spec.model_dump(), "duration_s": duration_s,
+                                               "actors": actors, "backend": backend}))
+        recorder.schemas({s.replace(".", "__"): schemas[s.split(".", 1)[1]] for s in streams})
+        recorder.setup()
+    t_build = time.perf_counter()
+    sim.build()
+    build_s = time.perf_counter() - t_build
+    info = sim.info()
+    collected: dict[str, list] = {name: [] for name in layout.names}
+    t0 = time.perf_counter()
+    try:
+        for batch in sim.batches(duration_s, batch_ms):
+            t = sch.column(batch, "t")
+            neuron = sch.column(batch, "neuron").astype(np.int64)
+            for name in layout.names:
+                lo, hi = layout.population_of(name)
+                sel = (neuron >= lo) & (neuron < hi)
+                part = sch.spikes_batch(t[sel], neuron[sel] - lo, schemas[name])
+                collected[name].append((t[sel], neuron[sel] - lo))
+                if recorder is not None:
+                    recorder.process(f"brainsim__{name}", part)
+        wall_s = time.perf_counter() - t0
+        busy = sim.busy_s()
+    finally:
+        if recorder is not None:
+            recorder.close()
+        sim.close()
+    duration_ms = duration_s * 1e3
+    pops, spikes = {}, {}
+    for name in layout.names:
+        lo, hi = layout.population_of(name)
+        t_us = np.concatenate([c[0] for c in collected[name]]) if collected[name] else np.empty(0, np.int64)
+        nrn = np.concatenate([c[1] for c in collected[name]]) if collected[name] else np.empty(0, np.int64)
+        spikes[name] = (t_us / 1e3, nrn, hi - lo)
+        pops[name] = population_stats(t_us / 1e3, nrn, hi - lo, duration_ms, transient_ms)
+    report = {
+        "network": spec.model if spec.model != "custom" else "custom",
+        "options": spec.options,
+        "scale": spec.scale,
+        "duration_s": duration_s,
+        "dt_ms": layout.dt_ms,
+        "seed": spec.seed,
+        **{k: v for k, v in info.items() if k != "build_s"},
+        "build_s": build_s,
+        "wall_s": wall_s,
+        "real_time_factor": wall_s / duration_s,
+        "windows": sim.stats["windows"],
+        "exchange_s": sim.stats["exchange_s"],
+        "spikes_per_window": sim.stats["spikes_exchanged"] / max(1, sim.stats["windows"]),
+        "bytes_exchanged": sim.stats["bytes_exchanged"],
+        "actor_busy_s": busy,
+        "transient_ms": transient_ms,
+        "populations": pops,
+    }
+    if folder is not None:
+        report["plots"] = plot(spikes, duration_ms, folder)
+        (folder / "report.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,102 @@
+"""Network descriptions: populations and projections as validated data, plus built-in models.
+
+A network is either written out (`populations`, `projections`) or named (`model:`) with a
+few options; built-in models expand to the same populations and projections. Units are in
+the field names: `_ms`, `_mv`, `_hz`. Weights are in mV for `lif_cuba` (a current jump in
+units of the leak resistance) and `lif_delta` (a membrane-potential jump), and in units
+of the leak conductance for `lif_coba`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Dist(_Spec):
+    """A distributed weight or delay: `normal` (mean, std) or `uniform` (low, high)."""
+
+    dist: Literal["normal", "uniform"]
+    mean: float = 0.0
+    std: float = 0.0
+    low: float = 0.0
+    high: float = 0.0
+
+
+class External(_Spec):
+    """Independent Poisson input to every neuron of a population (Brian's PoissonInput)."""
+
+    rate_hz: float = Field(..., ge=0, description="total rate of all external inputs to one neuron")
+    weight: float = Field(..., description="jump per external spike (same units as projections)")
+    receptor: Literal["exc", "inh"] = "exc"
+
+
+class Population(_Spec):
+    """A group of identical neurons or spike generators."""
+
+    name: str
+    size: int = Field(..., ge=1)
+    model: Literal["lif_cuba", "lif_coba", "lif_delta", "poisson", "spike_source"] = "lif_cuba"
+    tau_m_ms: float = Field(20.0, gt=0)
+    v_rest_mv: float = -60.0
+    v_thresh_mv: float = -50.0
+    v_reset_mv: float = -60.0
+    t_ref_ms: float = Field(5.0, ge=0)
+    tau_syn_e_ms: float = Field(5.0, gt=0)
+    tau_syn_i_ms: float = Field(10.0, gt=0)
+    e_rev_e_mv: float = 0.0
+    e_rev_i_mv: float = -80.0
+    v_init_mv: tuple[float, float] | None = Field(None, description="uniform initial v range (default v_rest)")
+    external: External | None = None
+    rate_hz: float = Field(0.0, ge=0, description="for `poisson` populations")
+    spike_times_ms: list[float] = Field(default_factory=list, description="for `spike_source`")
+    spike_neurons: list[int] = Field(default_factory=list, description="for `spike_source`")
+
+    @model_validator(mode="after")
+    def _sources(self):
+        if len(self.spike_times_ms) != len(self.spike_neurons):
+            raise ValueError(f"population '{self.name}': spike_times_ms and spike_neurons differ in length")
+        if any(n < 0 or n >= self.size for n in self.spike_neurons):
+            raise ValueError(f"population '{self.name}': spike_neurons must lie in [0, {self.size})")
+        return self
+
+
+class Projection(_Spec):
+    """Synapses from population `pre` to `post` by a connection rule."""
+
+    pre: str
+    post: str
+    rule: Literal["fixed_probability", "fixed_indegree", "one_to_one"] = "fixed_probability"
+    p: float = Field(0.1, ge=0, le=1, description="for fixed_probability")
+    indegree: int = Field(0, ge=0, description="for fixed_indegree")
+    weight: float | Dist = 1.0
+    delay_ms: float | Dist = 1.5
+    receptor: Literal["exc", "inh"] | None = Field(None, description="default: exc if weight >= 0")
+    autapses: bool = True
+
+
+class NetworkSpec(_Spec):
+    """The whole network: populations, projections, and how it is simulated."""
+
+    model: Literal["custom", "brunel2000", "vogels_abbott_cuba", "vogels_abbott_coba"] = "custom"
+    options: dict = Field(default_factory=dict, description="options of a built-in model")
+    scale: float = Field(1.0, gt=0, description="multiplies population sizes of built-in models")
+    dt_ms: float = Field(0.1, gt=0)
+    seed: int = Field(1, ge=0)
+    populations: list[Population] = Field(default_factory=list)
+    projections: list[Projection] = Field(default_factory=list)
+
+    def expanded(self) -> NetworkSpec:
+        """This network with a built-in model turned into populations and projections."""
+        if self.model == "custom":
+            return self
+        from cluster.brainsim import models
+
+        pops, projs = models.BUILTINS[self.model](self.scale, **self.options)
+        return self.model_copy(update={"model": "custom", "options": {}, "populations": pops,
+                                       "projections": projs})
