@@ -1,0 +1,254 @@
+"""Numba event kernels: pure functions over event columns with their carried state.
+
+Every kernel takes the columns of one batch (`t` int64 µs, `x`, `y` uint16, `p` bool)
+and the state the previous batch left, and returns its output and the new state, so
+feeding a stream in any cutting gives the same output. Large per-pixel state arrays are
+updated in place and returned (copying a 640x480 map per batch would cost more than the
+kernel); scalars are returned. The operators in `operators.events.ops` own the state.
+
+Windows are aligned to multiples of `window_us` in sensor time: window k covers
+[k * window_us, (k + 1) * window_us).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+NEVER = np.int64(-(1 << 62))  # "no event yet" for last-timestamp maps
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+# --- filters: return a keep mask ----------------------------------------------------
+
+
+@_jit
+def background_activity(t, x, y, last, time_us):
+    """Nearest-neighbour correlation filter (Delbruck 2008; Padala et al. 2018 as "BAF").
+
+    An event passes when one of its 8 neighbours fired within `time_us` before it.
+    `last` (H, W) int64 holds each pixel's latest event time (updated for every event,
+    passed or not). Returns (keep, last).
+    """
+    h, w = last.shape
+    n = t.shape[0]
+    keep = np.zeros(n, np.bool_)
+    for i in range(n):
+        ti = t[i]
+        xi = np.int64(x[i])
+        yi = np.int64(y[i])
+        y0 = yi - 1 if yi > 0 else 0
+        y1 = yi + 1 if yi < h - 1 else h - 1
+        x0 = xi - 1 if xi > 0 else 0
+        x1 = xi + 1 if xi < w - 1 else w - 1
+        ok = False
+        for yy in range(y0, y1 + 1):
+            for xx in range(x0, x1 + 1):
+                if (yy != yi or xx != xi) and ti - last[yy, xx] <= time_us:
+                    ok = True
+        keep[i] = ok
+        last[yi, xi] = ti
+    return keep, last
+
+
+@_jit
+def refractory(t, x, y, last, refractory_us):
+    """Drops an event that follows its pixel's last *kept* event by less than `refractory_us`.
+
+    `last` (H, W) int64. Returns (keep, last).
+    """
+    n = t.shape[0]
+    keep = np.zeros(n, np.bool_)
+    for i in range(n):
+        yi = y[i]
+        xi = x[i]
+        if t[i] - last[yi, xi] >= refractory_us:
+            keep[i] = True
+            last[yi, xi] = t[i]
+    return keep, last
+
+
+@_jit
+def hot_pixel(t, x, y, win, count, prev, window_us, max_count):
+    """Drops events of pixels firing more than `max_count` times per aligned window.
+
+    A pixel is hot in window k while its count in window k so far, or its count in
+    window k-1, exceeds `max_count`; this is causal and needs no look-ahead. State per
+    pixel: the window `win` its `count` belongs to and the previous window's count
+    `prev` (all (H, W) int64). Returns (keep, win, count, prev).
+    """
+    n = t.shape[0]
+    keep = np.zeros(n, np.bool_)
+    for i in range(n):
+        yi = y[i]
+        xi = x[i]
+        k = t[i] // window_us
+        if win[yi, xi] == k:
+            count[yi, xi] += 1
+        else:
+            prev[yi, xi] = count[yi, xi] if win[yi, xi] == k - 1 else 0
+            count[yi, xi] = 1
+            win[yi, xi] = k
+        keep[i] = count[yi, xi] <= max_count and prev[yi, xi] <= max_count
+    return keep, win, count, prev
+
+
+@_jit
+def rate_limit(t, window_us, max_per_window, cur_win, cur_count):
+    """Keeps at most `max_per_window` events per aligned window (the first ones).
+
+    Returns (keep, cur_win, cur_count).
+    """
+    n = t.shape[0]
+    keep = np.zeros(n, np.bool_)
+    for i in range(n):
+        k = t[i] // window_us
+        if k != cur_win:
+            cur_win = k
+            cur_count = 0
+        if cur_count < max_per_window:
+            keep[i] = True
+            cur_count += 1
+    return keep, cur_win, cur_count
+
+
+@_jit
+def roi(x, y, x0, y0, width, height):
+    """Keep mask of events inside the rectangle [x0, x0+width) x [y0, y0+height)."""
+    n = x.shape[0]
+    keep = np.zeros(n, np.bool_)
+    for i in range(n):
+        keep[i] = x0 <= x[i] < x0 + width and y0 <= y[i] < y0 + height
+    return keep
+
+
+# --- windowed accumulators -----------------------------------------------------------
+
+
+@_jit
+def _span(t, window_us, cur_win):
+    """Windows the batch touches: (first, last) with `first` never before `cur_win`."""
+    first = cur_win
+    if first < 0:
+        first = t[0] // window_us
+    return first, t[t.shape[0] - 1] // window_us
+
+
+@_jit
+def frames(t, x, y, p, window_us, cur_win, acc):
+    """Event counts per polarity into frames (2, H, W): channel 0 OFF, channel 1 ON.
+
+    `acc` (2, H, W) float32 is the open window `cur_win` (-1: none yet). Returns
+    (done, first_win, cur_win, acc): `done` (k, 2, H, W) holds the windows that closed,
+    numbered first_win .. first_win + k - 1, empty windows between events included.
+    """
+    _, h, w = acc.shape
+    if t.shape[0] == 0:
+        return np.zeros((0, 2, h, w), np.float32), cur_win, cur_win, acc
+    first, last_win = _span(t, window_us, cur_win)
+    out = np.zeros((last_win - first + 1, 2, h, w), np.float32)
+    if cur_win >= 0:
+        out[0] = acc
+    for i in range(t.shape[0]):
+        k = t[i] // window_us - first
+        out[k, np.int64(p[i]), y[i], x[i]] += np.float32(1.0)
+    acc[:] = out[out.shape[0] - 1]
+    return out[: out.shape[0] - 1], first, last_win, acc
+
+
+@_jit
+def voxel_grid(t, x, y, p, window_us, cur_win, acc):
+    """Voxel grids (B, H, W) per window, bilinear in time (Zhu et al., CVPR 2019).
+
+    An event at time t in window k sits at position s = (t - k*window_us) * (B-1) /
+    window_us and adds its polarity (+1 ON, -1 OFF) to bins floor(s) and floor(s)+1
+    with weights 1 - frac(s) and frac(s). `acc` (B, H, W) float64 is the open window.
+    Returns (done, first_win, cur_win, acc) like `frames`.
+    """
+    b, h, w = acc.shape
+    if t.shape[0] == 0:
+        return np.zeros((0, b, h, w), np.float64), cur_win, cur_win, acc
+    first, last_win = _span(t, window_us, cur_win)
+    out = np.zeros((last_win - first + 1, b, h, w), np.float64)
+    if cur_win >= 0:
+        out[0] = acc
+    scale = (b - 1) / window_us
+    for i in range(t.shape[0]):
+        kw = t[i] // window_us
+        s = (t[i] - kw * window_us) * scale
+        lo = np.int64(np.floor(s))
+        frac = s - lo
+        v = 1.0 if p[i] else -1.0
+        k = kw - first
+        out[k, lo, y[i], x[i]] += v * (1.0 - frac)
+        if lo + 1 < b:
+            out[k, lo + 1, y[i], x[i]] += v * frac
+    acc[:] = out[out.shape[0] - 1]
+    return out[: out.shape[0] - 1], first, last_win, acc
+
+
+@_jit
+def last_times(t, x, y, p, window_us, cur_win, last):
+    """Per-pixel, per-polarity latest event time (2, H, W) at the end of each closed window.
+
+    The time surface (Lagorce et al., HOTS, TPAMI 2017) of a window is
+    exp(-(window_end - last) / tau); it is computed from these snapshots by the operator.
+    `last` (2, H, W) int64 is the running map. Returns (done, first_win, cur_win, last).
+    """
+    _, h, w = last.shape
+    if t.shape[0] == 0:
+        return np.zeros((0, 2, h, w), np.int64), cur_win, cur_win, last
+    first, last_win = _span(t, window_us, cur_win)
+    out = np.empty((last_win - first, 2, h, w), np.int64)
+    k_open = first
+    for i in range(t.shape[0]):
+        k = t[i] // window_us
+        while k_open < k:
+            out[k_open - first] = last
+            k_open += 1
+        last[np.int64(p[i]), y[i], x[i]] = t[i]
+    return out, first, last_win, last
+
+
+@_jit
+def window_cuts(t, window_us):
+    """Indices where a new aligned window starts within a sorted batch (for slicing by time)."""
+    n = t.shape[0]
+    cuts = np.empty(n, np.int64)
+    m = 0
+    for i in range(1, n):
+        if t[i] // window_us != t[i - 1] // window_us:
+            cuts[m] = i
+            m += 1
+    return cuts[:m]
+
+
+@_jit
+def check_sorted_inside(t, x, y, width, height, t_last):
+    """Index of the first event that goes back in time or lies outside the sensor, or -1."""
+    for i in range(t.shape[0]):
+        if t[i] < t_last or x[i] >= width or y[i] >= height:
+            return i
+        t_last = t[i]
+    return -1
+
+
+def warm_up() -> None:
+    """Compile (or load from cache) every kernel once, so the first batch is not slow."""
+    t = np.array([0, 5], np.int64)
+    x = np.array([0, 1], np.uint16)
+    y = np.array([0, 1], np.uint16)
+    p = np.array([True, False])
+    m = np.full((2, 2), NEVER, np.int64)
+    background_activity(t, x, y, m.copy(), np.int64(1))
+    refractory(t, x, y, m.copy(), np.int64(1))
+    z = np.zeros((2, 2), np.int64)
+    hot_pixel(t, x, y, np.full((2, 2), -1, np.int64), z.copy(), z.copy(), np.int64(10), np.int64(5))
+    rate_limit(t, np.int64(10), np.int64(5), np.int64(-1), np.int64(0))
+    roi(x, y, 0, 0, 1, 1)
+    frames(t, x, y, p, np.int64(2), np.int64(-1), np.zeros((2, 2, 2), np.float32))
+    voxel_grid(t, x, y, p, np.int64(2), np.int64(-1), np.zeros((3, 2, 2), np.float64))
+    last_times(t, x, y, p, np.int64(2), np.int64(-1), np.full((2, 2, 2), NEVER, np.int64))
+    window_cuts(t, np.int64(2))
+    check_sorted_inside(t, x, y, 2, 2, np.int64(0))

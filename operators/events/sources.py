@@ -1,0 +1,473 @@
+"""Event-camera sources: AEDAT4 files (aedat), other event files (faery), UDP; a UDP sink.
+
+AEDAT4 is read with `aedat.Decoder` (iniVation's container: an XML description of the
+streams, then LZ4/Zstd-compressed FlatBuffer packets). Every packet is checked before it
+leaves: coordinates inside the sensor and timestamps that never go backwards. A bad
+packet raises a DataError naming the file and the packet index, or, with
+`on_error: skip`, is dropped and counted in the source's `skipped_packets`.
+
+UDP wire format (faery's `t64_x16_y16_on8`, so `faery` can stream into a pipeline): each
+datagram is a whole number of 13-byte little-endian records, packed without padding:
+`t` uint64 µs, `x` uint16, `y` uint16, `on` uint8 (1 = ON). No header; the sensor size is
+a parameter at both ends. A datagram whose length is not a multiple of 13 is bad input.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from operators.events.synthetic import GESTURES, gesture_recording
+from pipeline import schemas as sch
+from pipeline.errors import DataError, LinkError
+from pipeline.operator import Operator, Params, Source, SourceParams, register
+
+UDP_DTYPE = np.dtype([("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "u1")])
+IMU_CHANNELS = ("accelerometer_x", "accelerometer_y", "accelerometer_z",
+                "gyroscope_x", "gyroscope_y", "gyroscope_z", "temperature")
+
+
+def check_events(t: np.ndarray, x: np.ndarray, y: np.ndarray, width: int, height: int, t_last: int) -> str | None:
+    """What is wrong with one packet of events, as a phrase, or None when it is fine."""
+    if len(t) == 0:
+        return None
+    if int(t[0]) < t_last:
+        return f"timestamps go backwards ({int(t[0])} µs after {t_last} µs)"
+    if len(t) > 1:
+        d = np.diff(t.astype(np.int64))
+        if d.min() < 0:
+            i = int(np.argmin(d))
+            return f"timestamps go backwards ({int(t[i + 1])} µs after {int(t[i])} µs)"
+    if int(x.max()) >= width or int(y.max()) >= height:
+        return f"coordinates outside the {width}x{height} sensor (max x {int(x.max())}, max y {int(y.max())})"
+    return None
+
+
+class _Batcher:
+    """Cuts a stream of event columns into batches of `batch_events` events or `batch_us` windows."""
+
+    def __init__(self, schema, batch_us: int | None, batch_events: int | None):
+        self.schema = schema
+        self.batch_us = batch_us
+        self.batch_events = batch_events
+        self.held: list[tuple] = []
+        self.n_held = 0
+
+    def push(self, t, x, y, p) -> Iterator:
+        if self.batch_us is None and self.batch_events is None:
+            if len(t):
+                yield sch.events_batch(t, x, y, p, self.schema)
+            return
+        self.held.append((t, x, y, p))
+        self.n_held += len(t)
+        if self.batch_events is not None:
+            if self.n_held >= self.batch_events:
+                cols = self._take()
+                n = len(cols[0]) // self.batch_events * self.batch_events
+                for i in range(0, n, self.batch_events):
+                    yield sch.events_batch(*(c[i : i + self.batch_events] for c in cols), self.schema)
+                if n < len(cols[0]):
+                    self.held = [tuple(c[n:] for c in cols)]
+                    self.n_held = len(cols[0]) - n
+        else:
+            t_new = t[-1] if len(t) else None
+            if t_new is None:
+                return
+            edge = int(t_new) // self.batch_us * self.batch_us
+            cols = self._take()
+            cut = int(np.searchsorted(cols[0], edge, side="left"))
+            yield from self._windows(tuple(c[:cut] for c in cols))
+            if cut < len(cols[0]):
+                self.held = [tuple(c[cut:] for c in cols)]
+                self.n_held = len(cols[0]) - cut
+
+    def flush(self) -> Iterator:
+        cols = self._take()
+        if cols is None or not len(cols[0]):
+            return
+        if self.batch_events is not None:
+            for i in range(0, len(cols[0]), self.batch_events):
+                yield sch.events_batch(*(c[i : i + self.batch_events] for c in cols), self.schema)
+        else:
+            yield from self._windows(cols)
+
+    def _take(self):
+        if not self.held:
+            return None
+        cols = tuple(np.concatenate([h[k] for h in self.held]) if len(self.held) > 1 else self.held[0][k]
+                     for k in range(4))
+        self.held, self.n_held = [], 0
+        return cols
+
+    def _windows(self, cols) -> Iterator:
+        t = cols[0]
+        start = 0
+        while start < len(t):
+            w_end = (int(t[start]) // self.batch_us + 1) * self.batch_us
+            stop = int(np.searchsorted(t, w_end, side="left"))
+            yield sch.events_batch(*(c[start:stop] for c in cols), self.schema)
+            start = stop
+
+
+# --- AEDAT4 --------------------------------------------------------------------------
+
+
+class Aedat4Params(SourceParams):
+    path: str = Field(..., description="AEDAT4 file to read")
+    batch_us: int | None = Field(None, ge=1, description="cut batches at multiples of this sensor time")
+    batch_events: int | None = Field(None, ge=1, description="or: batches of this many events")
+    on_error: Literal["raise", "skip"] = "raise"
+    synthesize_if_missing: bool = Field(False, description="write a synthetic gesture recording when path is absent")
+    synth_width: int = Field(64, ge=1, le=65535, description="sensor size of a synthesised recording")
+    synth_height: int = Field(64, ge=1, le=65535)
+    synth_gestures: int = Field(4, ge=1, description="gestures in a synthesised recording")
+    synth_seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_batching(self):
+        if self.batch_us is not None and self.batch_events is not None:
+            raise ValueError("give batch_us or batch_events, not both")
+        return self
+
+
+@register
+class Aedat4Source(Source):
+    """Reads an AEDAT4 file: events on `out`, frames, IMU and triggers on their own ports."""
+
+    name = "aedat4_source"
+    outputs = {"out": "events", "frames": "frames", "imu": "samples", "triggers": "commands"}
+    Params = Aedat4Params
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self.skipped_packets = 0
+        self.packets = 0
+        self.events = 0
+
+    def _ensure_file(self) -> Path:
+        p = self.params
+        path = Path(p.path)
+        if not path.exists():
+            if not p.synthesize_if_missing:
+                raise DataError(f"AEDAT4 file '{path}' does not exist (set synthesize_if_missing: true for a synthetic one)")
+            labels = [i % len(GESTURES) for i in range(p.synth_gestures)]
+            gesture_recording(path, labels, width=p.synth_width, height=p.synth_height, seed=p.synth_seed)
+        return path
+
+    def _streams(self) -> dict:
+        import aedat
+
+        path = self._ensure_file()
+        try:
+            streams = aedat.Decoder(str(path)).id_to_stream()
+        except (RuntimeError, OSError) as exc:
+            raise DataError(f"cannot read AEDAT4 file '{path}': {exc}") from None
+        return streams
+
+    def schemas(self, inputs):
+        streams = self._streams()
+        ev = [s for s in streams.values() if s["type"] == "events"]
+        if not ev:
+            raise DataError(f"AEDAT4 file '{self.params.path}' has no event stream "
+                            f"(streams: {', '.join(s['type'] for s in streams.values()) or 'none'})")
+        w, h = int(ev[0]["width"]), int(ev[0]["height"])
+        fr = [s for s in streams.values() if s["type"] == "frame"]
+        fw, fh = (int(fr[0]["width"]), int(fr[0]["height"])) if fr else (w, h)
+        return {
+            "out": sch.events_schema(w, h),
+            "frames": sch.frames_schema((fh, fw), "uint8"),
+            "imu": sch.samples_schema(list(IMU_CHANNELS), 1000.0, ["g", "g", "g", "deg/s", "deg/s", "deg/s", "degC"]),
+            "triggers": sch.commands_schema({"source": "uint8"}),
+        }
+
+    def _fail(self, index: int, why: str):
+        if self.params.on_error == "raise":
+            raise DataError(f"AEDAT4 file '{self.params.path}' packet {index}: {why}")
+        self.skipped_packets += 1
+
+    def generate(self):
+        import aedat
+
+        p = self.params
+        schemas = self.schemas({})
+        ev_schema = schemas["out"]
+        width, height = sch.fact(ev_schema, "width"), sch.fact(ev_schema, "height")
+        decoder = aedat.Decoder(str(p.path))
+        event_ids = {i for i, s in decoder.id_to_stream().items() if s["type"] == "events"}
+        main_id = min(event_ids)
+        batcher = _Batcher(ev_schema, p.batch_us, p.batch_events)
+        t_last = 0
+        index = -1
+        failures_in_a_row = 0
+        while True:
+            index += 1
+            try:
+                packet = next(decoder)
+                failures_in_a_row = 0
+            except StopIteration:
+                break
+            except RuntimeError as exc:
+                self._fail(index, f"unreadable ({exc})")
+                failures_in_a_row += 1
+                # a truncated file fails the same way forever: stop at its last whole packet
+                if "fill whole buffer" in str(exc) or failures_in_a_row > 16:
+                    break
+                continue
+            self.packets += 1
+            if "events" in packet:
+                if packet["stream_id"] != main_id:
+                    continue
+                arr = packet["events"]
+                t = arr["t"].astype(np.int64)
+                x, y = arr["x"], arr["y"]
+                why = check_events(t, x, y, width, height, t_last)
+                if why:
+                    self._fail(index, why)
+                    continue
+                if len(t):
+                    t_last = int(t[-1])
+                self.events += len(t)
+                for b in batcher.push(t, x, y, arr["on"]):
+                    yield "out", b
+            elif "frame" in packet:
+                f = packet["frame"]
+                pix = np.asarray(f["pixels"])
+                if pix.ndim == 3:  # colour: luminance is what the frame port carries
+                    pix = pix[..., :3].mean(axis=2)
+                if pix.dtype == np.uint16:
+                    pix = pix >> 8
+                shape = tuple(sch.fact(schemas["frames"], "shape"))
+                if pix.shape != shape:
+                    self._fail(index, f"frame of shape {pix.shape}, expected {shape}")
+                    continue
+                yield "frames", sch.frames_batch([int(f["t"])], pix[None].astype(np.uint8), schemas["frames"])
+            elif "imus" in packet:
+                imu = packet["imus"]
+                data = np.stack([imu[c].astype(np.float32) for c in IMU_CHANNELS], axis=1)
+                yield "imu", sch.samples_batch(imu["t"].astype(np.int64), data, schemas["imu"])
+            elif "triggers" in packet:
+                tr = packet["triggers"]
+                yield "triggers", sch.commands_batch(tr["t"].astype(np.int64), schemas["triggers"],
+                                                     source=tr["source"].astype(np.uint8))
+        for b in batcher.flush():
+            yield "out", b
+
+    def state(self):
+        return {"skipped_packets": self.skipped_packets, "packets": self.packets, "events": self.events}
+
+    def restore(self, state):
+        self.skipped_packets, self.packets, self.events = state["skipped_packets"], state["packets"], state["events"]
+
+    def result(self):
+        return self.state()
+
+
+# --- other event files through faery -------------------------------------------------
+
+
+class EventFileParams(SourceParams):
+    path: str = Field(..., description="event file: .raw (EVT2/2.1/3), .dat, .es, .csv or .aedat4")
+    batch_us: int | None = Field(None, ge=1)
+    batch_events: int | None = Field(None, ge=1)
+    width: int | None = Field(None, ge=1, le=65535, description="sensor size when the file does not say")
+    height: int | None = Field(None, ge=1, le=65535)
+    on_error: Literal["raise", "skip"] = "raise"
+
+
+@register
+class EventFileSource(Source):
+    """Reads Prophesee EVT2/EVT3 (.raw), DAT, Event Stream (.es) and CSV event files via faery."""
+
+    name = "event_file_source"
+    outputs = {"out": "events"}
+    Params = EventFileParams
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self.skipped_packets = 0
+
+    def _open(self):
+        import faery
+
+        p = self.params
+        if not Path(p.path).exists():
+            raise DataError(f"event file '{p.path}' does not exist")
+        kwargs = {}
+        if p.width and p.height:
+            kwargs["dimensions_fallback"] = (p.width, p.height)
+            if Path(p.path).suffix == ".csv":
+                kwargs["csv_properties"] = faery.CsvProperties.default()
+        try:
+            return faery.events_stream_from_file(p.path, **kwargs)
+        except Exception as exc:  # faery raises bare exceptions from Rust
+            raise DataError(f"cannot read event file '{p.path}': {exc}") from None
+
+    def schemas(self, inputs):
+        stream = self._open()
+        w, h = stream.dimensions()
+        return {"out": sch.events_schema(self.params.width or w, self.params.height or h)}
+
+    def generate(self):
+        p = self.params
+        schema = self.schemas({})["out"]
+        width, height = sch.fact(schema, "width"), sch.fact(schema, "height")
+        batcher = _Batcher(schema, p.batch_us, p.batch_events)
+        t_last = 0
+        it = iter(self._open())
+        index = -1
+        while True:
+            index += 1
+            try:
+                arr = next(it)
+            except StopIteration:
+                break
+            except Exception as exc:
+                if p.on_error == "raise":
+                    raise DataError(f"event file '{p.path}' packet {index}: unreadable ({exc})") from None
+                self.skipped_packets += 1
+                break
+            t = arr["t"].astype(np.int64)
+            why = check_events(t, arr["x"], arr["y"], width, height, t_last)
+            if why:
+                if p.on_error == "raise":
+                    raise DataError(f"event file '{p.path}' packet {index}: {why}")
+                self.skipped_packets += 1
+                continue
+            if len(t):
+                t_last = int(t[-1])
+            yield from batcher.push(t, arr["x"], arr["y"], arr["on"])
+        yield from batcher.flush()
+
+    def result(self):
+        return {"skipped_packets": self.skipped_packets}
+
+
+# --- UDP -----------------------------------------------------------------------------
+
+
+class UdpSourceParams(SourceParams):
+    host: str = "127.0.0.1"
+    port: int = Field(..., ge=1, le=65535)
+    width: int = Field(..., ge=1, le=65535)
+    height: int = Field(..., ge=1, le=65535)
+    batch_events: int = Field(4096, ge=1, description="emit once this many events have arrived")
+    idle_timeout_s: float = Field(1.0, gt=0, description="end the stream after this long without datagrams")
+    max_events: int | None = Field(None, ge=1, description="end the stream after this many events")
+    on_error: Literal["raise", "skip"] = "skip"
+
+
+@register
+class UdpEventSource(Source):
+    """Receives events over UDP in faery's t64_x16_y16_on8 format (see module docstring)."""
+
+    name = "udp_event_source"
+    outputs = {"out": "events"}
+    Params = UdpSourceParams
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self.sock = None
+        self.bad_datagrams = 0
+        self.received = 0
+
+    def schemas(self, inputs):
+        return {"out": sch.events_schema(self.params.width, self.params.height)}
+
+    def setup(self):
+        p = self.params
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        try:
+            self.sock.bind((p.host, p.port))
+        except OSError as exc:
+            raise LinkError(f"udp_event_source cannot bind {p.host}:{p.port}: {exc.strerror}") from None
+        self.sock.settimeout(p.idle_timeout_s)
+
+    def generate(self):
+        p = self.params
+        if self.sock is None:
+            self.setup()
+        schema = self.schemas({})["out"]
+        batcher = _Batcher(schema, None, p.batch_events)
+        t_last = 0
+        while p.max_events is None or self.received < p.max_events:
+            try:
+                data = self.sock.recv(1 << 16)
+            except TimeoutError:
+                break
+            why = None
+            if len(data) % UDP_DTYPE.itemsize:
+                why = f"datagram of {len(data)} bytes is not a whole number of {UDP_DTYPE.itemsize}-byte events"
+            else:
+                arr = np.frombuffer(data, UDP_DTYPE)
+                t = arr["t"].astype(np.int64)
+                why = check_events(t, arr["x"], arr["y"], p.width, p.height, t_last)
+            if why:
+                if p.on_error == "raise":
+                    raise DataError(f"udp_event_source {p.host}:{p.port} datagram {self.received}: {why}")
+                self.bad_datagrams += 1
+                continue
+            if len(t):
+                t_last = int(t[-1])
+            self.received += len(t)
+            yield from batcher.push(t, arr["x"], arr["y"], arr["on"].astype(bool))
+        yield from batcher.flush()
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def result(self):
+        return {"received": self.received, "bad_datagrams": self.bad_datagrams}
+
+
+class UdpSinkParams(Params):
+    host: str = "127.0.0.1"
+    port: int = Field(..., ge=1, le=65535)
+    events_per_datagram: int = Field(100, ge=1, le=5000, description="13 bytes each; keep datagrams under 64 KiB")
+    pause_us: int = Field(0, ge=0, description="sleep between datagrams (a gentle sender on a lossy link)")
+
+
+@register
+class UdpEventSink(Operator):
+    """Sends events over UDP in faery's t64_x16_y16_on8 format (see module docstring)."""
+
+    name = "udp_event_sink"
+    inputs = {"in": "events"}
+    Params = UdpSinkParams
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self.sock = None
+        self.sent = 0
+
+    def setup(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def process(self, port, batch):
+        p = self.params
+        n = batch.num_rows
+        arr = np.empty(n, UDP_DTYPE)
+        for name, col in (("t", "t"), ("x", "x"), ("y", "y"), ("on", "p")):
+            arr[name] = sch.column(batch, col)
+        for i in range(0, n, p.events_per_datagram):
+            self.sock.sendto(arr[i : i + p.events_per_datagram].tobytes(), (p.host, p.port))
+            if p.pause_us:
+                time.sleep(p.pause_us / 1e6)
+        self.sent += n
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def result(self):
+        return {"sent": self.sent}
+
