@@ -397,12 +397,21 @@ def inspect_recording(path: str | Path, repair: bool = True) -> dict:
     its stream files, and the rebuilt manifest is written back when `repair` is true.
     Raises DataError when `path` is not a recording at all.
     """
+    report = _inspect(path, repair)
+    manifest = report.pop("manifest") or {}
+    config = manifest.get("config") or {}
+    report["config_name"] = config.get("name") if isinstance(config, dict) else None
+    return report
+
+
+def _inspect(path: str | Path, repair: bool = True) -> dict:
+    """`inspect_recording`'s report with the full manifest under "manifest" (None for a file)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"'{path}' does not exist")
     if path.is_file():
         if path.name == MANIFEST:
-            return inspect_recording(path.parent, repair)
+            return _inspect(path.parent, repair)
         return _inspect_file(path)
     return _inspect_folder(path, repair)
 
@@ -536,7 +545,7 @@ class Recording:
 
     def __init__(self, path: str | Path, repair: bool = True):
         self.path = Path(path)
-        report = inspect_recording(self.path, repair=repair)
+        report = _inspect(self.path, repair=repair)
         if report["manifest"] is None:  # a single file
             self.folder = self.path.parent
             (name,) = report["streams"]

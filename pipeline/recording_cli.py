@@ -70,7 +70,7 @@ def cmd_replay(args) -> int:
     from pipeline.metrics import table
     from pipeline.replay import replay
 
-    console = Console()
+    console = Console(soft_wrap=True)
     if args.loop and args.golden:
         raise ConfigError("--loop never ends, so it cannot be diffed against --golden")
     streams = [s.strip() for s in args.streams.split(",")] if args.streams else None
@@ -100,7 +100,7 @@ def cmd_replay(args) -> int:
 
 def print_diff(report: dict, console: Console | None = None) -> None:
     """First divergence per stream, then a one-line summary."""
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     for stream, res in report["streams"].items():
         if res["status"] == "identical":
             console.print(f"[green]same[/]     {stream}: {res['rows_golden']:,} rows")
