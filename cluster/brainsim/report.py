@@ -47,8 +47,8 @@ def population_stats(t_ms: np.ndarray, neuron: np.ndarray, size: int, duration_m
         np.add.at(counts, (neuron[sel], idx), 1.0)
         indiv = counts.var(axis=1).mean()
         chi = float(np.sqrt(counts.mean(axis=0).var() / indiv)) if indiv > 0 else float("nan")
-        pop = np.bincount(np.minimum((t_ms - transient_ms).astype(np.int64), int(span_ms) - 1),
-                          minlength=max(1, int(span_ms)))
+        n_ms = max(1, int(span_ms))
+        pop = np.bincount(np.minimum((t_ms - transient_ms).astype(np.int64), n_ms - 1), minlength=n_ms)
         fano = float(pop.var() / pop.mean()) if pop.mean() > 0 else float("nan")
     return {"neurons": int(size), "spikes": int(len(t_ms)), "rate_hz": float(rate), "cv_isi": cv,
             "chi": chi, "fano_pop": fano}

@@ -94,6 +94,7 @@ def simulate(spec: NetworkSpec, duration_s: float, actors: int = 1, backend: str
             recorder.close()
         sim.close()
     duration_ms = duration_s * 1e3
+    transient_ms = min(transient_ms, duration_ms / 2)  # a short run keeps half its time for statistics
     pops, spikes = {}, {}
     for name in layout.names:
         lo, hi = layout.population_of(name)

@@ -1,0 +1,54 @@
+"""Published network states come out: Vogels & Abbott CUBA, Brunel (2000) AI and SR.
+
+Durations are short (tenths of a second) so the suite stays quick; the ranges are wide
+enough for that and still separate the states. Sources: Brunel (2000) J. Comput. Neurosci.
+8:183, Fig. 8 (SR: g=3, nu_ext/nu_thr=2, neurons fire regularly, near saturation, in
+synchrony; AI: g=5, nu_ext/nu_thr=2, irregular firing, weakly correlated population,
+rates of tens of Hz, the balanced mean-field estimate (nu_ext - nu_thr)/(g/4 - 1) = 40 Hz);
+Vogels & Abbott (2005) J. Neurosci. 25:10786 and Brette et al. (2007) Benchmark 2
+(self-sustained asynchronous irregular activity at low rates).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.brainsim.simulate import simulate
+from cluster.brainsim.spec import NetworkSpec
+
+
+@pytest.fixture(scope="module")
+def brunel_ai():
+    return simulate(NetworkSpec(model="brunel2000", scale=1.0, options={"state": "AI"}), 0.3, transient_ms=50)
+
+
+@pytest.fixture(scope="module")
+def brunel_sr():
+    return simulate(NetworkSpec(model="brunel2000", scale=0.2, options={"state": "SR"}), 0.3, transient_ms=50)
+
+
+def test_brunel_ai_is_asynchronous_irregular(brunel_ai):
+    for name in ("E", "I"):
+        pop = brunel_ai["populations"][name]
+        assert 15.0 < pop["rate_hz"] < 60.0, pop
+        assert pop["cv_isi"] > 0.3, pop
+        assert pop["chi"] < 0.25, pop
+    assert brunel_ai["neurons"] == 12_500 and brunel_ai["synapses"] == 12_500 * 1_250
+
+
+def test_brunel_sr_is_synchronous_regular(brunel_sr, brunel_ai):
+    pop = brunel_sr["populations"]["E"]
+    assert 150.0 < pop["rate_hz"] <= 500.0, pop  # bounded by 1 / tau_rp = 500 Hz
+    assert pop["cv_isi"] < 0.2, pop
+    assert pop["chi"] > 2 * brunel_ai["populations"]["E"]["chi"], (pop, brunel_ai["populations"]["E"])
+
+
+def test_cuba_is_low_rate_asynchronous_irregular():
+    rep = simulate(NetworkSpec(model="vogels_abbott_cuba"), 1.0)
+    assert rep["neurons"] == 4000 and abs(rep["synapses"] / 4000**2 - 0.02) < 0.001
+    assert rep["bytes_per_synapse"] <= 12.0
+    for name in ("E", "I"):
+        pop = rep["populations"][name]
+        assert 1.0 < pop["rate_hz"] < 20.0, pop
+        assert pop["cv_isi"] > 0.4, pop
+        assert pop["chi"] < 0.2, pop
