@@ -3,7 +3,7 @@
 Importing this package registers its operators.
 """
 
-from operators.events import ops, sources, synthetic  # noqa: F401  (register the operators)
+from operators.events import ops, preview, sources, synthetic  # noqa: F401  (register the operators)
 from operators.events.synthetic import GESTURES, gesture_events, gesture_recording, write_aedat4
 
 __all__ = ["GESTURES", "gesture_events", "gesture_recording", "write_aedat4"]

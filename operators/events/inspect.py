@@ -82,9 +82,17 @@ def inspect_file(path) -> dict | None:
     try:
         stream = faery.events_stream_from_file(path)
         w, h = stream.dimensions()
-        t_chunks = [arr["t"].astype(np.int64) for arr in stream]
+        t_chunks, x_max, y_max = [], -1, -1
+        for arr in stream:
+            t_chunks.append(arr["t"].astype(np.int64))
+            if len(arr):
+                x_max, y_max = max(x_max, int(arr["x"].max())), max(y_max, int(arr["y"].max()))
     except Exception as exc:  # faery's decoders raise bare exceptions
         raise DataError(f"cannot read event file '{path}': {exc}") from None
+    if kind == "csv":  # CSV carries no sensor size: report the extent of the data
+        w, h = x_max + 1, y_max + 1
     out = {"format": kind.upper(), "path": str(path), "streams": [{"id": 0, "type": "events", "width": w, "height": h}]}
     out.update(_summary(t_chunks, w, h))
+    if kind == "csv":
+        out["sensor_from_data"] = True
     return out

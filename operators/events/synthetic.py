@@ -293,7 +293,7 @@ def _label_index(label: int | str) -> int:
 def simulate(scene: str = "gesture", *, width: int = 64, height: int = 64, duration_s: float = 1.0,
              seed: int = 0, label: int | str = 0, speed: float = 1.0, offset=(0.0, 0.0),
              contrast: float = 0.2, threshold_sigma: float = 0.03, refractory_us: int = 500,
-             noise_hz: float = 0.1, hot_pixels: int = 2, hot_rate_hz: float = 200.0,
+             noise_hz: float = 0.1, hot_pixels: int = 2, hot_rate_hz: float = 1000.0,
              step_us: int = 1000, chunk_steps: int = 250, t0_us: int = 0) -> Iterator[dict]:
     """Yield event chunks {t, x, y, p} in time order for `scene`, `chunk_steps` frames at a time."""
     if width < 1 or height < 1 or width > 65535 or height > 65535:
@@ -355,7 +355,7 @@ def _join(chunks) -> dict:
 def gesture_events(label: int | str, *, width: int = 64, height: int = 64, duration_s: float = 1.0,
                    seed: int = 0, speed: float = 1.0, offset=(0.0, 0.0), noise_hz: float = 0.1,
                    hot_pixels: int = 2, contrast: float = 0.2, refractory_us: int = 500,
-                   threshold_sigma: float = 0.03, hot_rate_hz: float = 200.0, step_us: int = 1000,
+                   threshold_sigma: float = 0.03, hot_rate_hz: float = 1000.0, step_us: int = 1000,
                    t0_us: int = 0) -> dict:
     """One labelled gesture clip: {t int64 µs sorted, x, y uint16, p bool, label int}."""
     idx = _label_index(label)
@@ -419,7 +419,7 @@ def gesture_recording(path, labels: list, *, width: int = 64, height: int = 64, 
         rng = np.random.default_rng([seed, 7])
         n_hot = min(hot_pixels, width * height)
         hot = rng.choice(width * height, size=n_hot, replace=False)
-        counts = rng.poisson(200.0 * t / 1e6, size=n_hot)
+        counts = rng.poisson(1000.0 * t / 1e6, size=n_hot)
         idx = np.repeat(hot, counts)
         hot_ev = {"t": rng.integers(0, max(t, 1), len(idx)).astype(np.int64), "x": (idx % width).astype(np.uint16),
                   "y": (idx // width).astype(np.uint16), "p": rng.random(len(idx)) < 0.5}
@@ -454,7 +454,7 @@ class SyntheticCameraParams(SourceParams):
     refractory_us: int = Field(500, ge=0)
     noise_hz: float = Field(0.1, ge=0, description="background activity per pixel")
     hot_pixels: int = Field(2, ge=0)
-    hot_rate_hz: float = Field(200.0, ge=0)
+    hot_rate_hz: float = Field(1000.0, ge=0)
     step_us: int = Field(1000, ge=1, description="render one frame per step")
 
 
