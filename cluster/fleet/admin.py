@@ -1,0 +1,48 @@
+"""The admin side of the manager's socket: what `reflexarc fleet status|deploy|rollout` call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import zmq
+
+from edge import keys as K
+from edge import wire
+from pipeline.errors import LinkError
+
+
+def request(manager: str, keys: str, op: str, data: bytes | None = None, timeout_s: float = 5.0,
+            identity: str = "admin", **head) -> dict:
+    """Send one admin request to the manager and return its reply."""
+    ctx = zmq.Context()
+    sock = K.client_socket(ctx, zmq.DEALER, Path(keys) / f"{identity}.key_secret", Path(keys) / "manager.key")
+    try:
+        sock.connect(manager)
+        wire.send(sock, b"admin", {"op": op, **head}, extra=[data] if data is not None else None)
+        if not sock.poll(int(timeout_s * 1000)):
+            raise LinkError(f"no answer from the fleet manager at {manager} within {timeout_s:.0f} s "
+                            f"(is it running, and is '{identity}' an authorized key?)")
+        kind, reply, _ = wire.parse(sock.recv_multipart())
+        return reply
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def status_table(report: dict):
+    """The fleet table (rich) from a manager report."""
+    from rich.table import Table
+
+    t = Table(title=f"fleet: {len(report['agents'])} robots  {json.dumps(report['counters'])}")
+    cols = ("name", "tags", "version", "model", "status", "loop Hz", "lat ms", "drops", "safe",
+            "buffered", "link", "last seen s", "received", "p99 delay ms")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("name", "tags", "version", "model", "status", "link") else "right")
+    for a in report["agents"]:
+        link = {"up": "[green]up[/]", "lost": "[red]lost[/]"}.get(a["link"], a["link"])
+        t.add_row(a["name"], ",".join(a["tags"]), a["version"], a["model"], a["status"], f"{a['loop_hz']:.1f}",
+                  f"{a['latency_ms']:.2f}", str(a["drops"]), str(a["safe_states"]), str(a["buffered"]), link,
+                  "-" if a["last_seen_s"] is None else f"{a['last_seen_s']:.1f}", f"{a['received']:,}",
+                  "-" if a["delay_p99_ms"] is None else f"{a['delay_p99_ms']:.1f}")
+    return t

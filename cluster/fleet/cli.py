@@ -1,0 +1,142 @@
+"""`reflexarc fleet serve|status|deploy|rollout|promote|rollback|stop`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+
+def _common(p, manager=True):
+    p.add_argument("--keys", default="keys", help="keys folder (reflexarc keys init)")
+    if manager:
+        p.add_argument("--manager", default="tcp://127.0.0.1:5600", help="the manager's endpoint")
+
+
+def register(subparsers) -> None:
+    fleet = subparsers.add_parser("fleet", help="the fleet manager and its admin commands")
+    sub = fleet.add_subparsers(dest="fleet_cmd", required=True)
+
+    p = sub.add_parser("serve", help="run the fleet manager")
+    _common(p, manager=False)
+    p.add_argument("--bind", default="tcp://127.0.0.1:5600")
+    p.add_argument("--out", default="out/fleet", help="telemetry recording and status go here")
+    p.add_argument("--heartbeat-s", type=float, default=0.5)
+    p.add_argument("--lost-after-s", type=float, default=2.0)
+    p.add_argument("--for-s", type=float, default=None, help="stop after this long")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="the fleet table")
+    _common(p)
+    p.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("deploy", help="send a pipeline config to robots")
+    _common(p)
+    p.add_argument("config")
+    p.add_argument("--to", default="all", help="NAME[,NAME], tag:TAG or all")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("rollout", help="send a new model version to a fraction of the robots")
+    _common(p)
+    p.add_argument("model", help="the model file (e.g. a .nir)")
+    p.add_argument("--version", required=True)
+    p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument("--to", default="all")
+    p.set_defaults(func=cmd_rollout)
+
+    for name in ("promote", "rollback"):
+        p = sub.add_parser(name, help=f"{name} the rollout in progress")
+        _common(p)
+        p.set_defaults(func=cmd_admin, op=name)
+
+    p = sub.add_parser("stop", help="put robots into their safe state and stop their loops")
+    _common(p)
+    p.add_argument("--to", default="all")
+    p.set_defaults(func=cmd_admin, op="stop")
+
+
+def cmd_serve(args) -> int:
+    from rich.console import Console
+
+    from cluster.fleet.manager import Manager, ManagerOptions
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.for_s:
+        threading.Timer(args.for_s, stop.set).start()
+    mgr = Manager(ManagerOptions(bind=args.bind, keys=args.keys, out=args.out, heartbeat_s=args.heartbeat_s,
+                                 lost_after_s=args.lost_after_s))
+    Console(stderr=True).print(f"fleet manager on {args.bind}, {len(mgr.known)} authorized keys, "
+                               f"telemetry -> {Path(args.out) / 'telemetry'}")
+    try:
+        mgr.serve(stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from rich.console import Console
+
+    from cluster.fleet.admin import request, status_table
+
+    if args.json:
+        print(json.dumps(request(args.manager, args.keys, "status"), indent=2))
+        return 0
+    if not args.watch:
+        Console().print(status_table(request(args.manager, args.keys, "status")))
+        return 0
+    from rich.live import Live
+
+    with Live(refresh_per_second=2) as live:
+        try:
+            while True:
+                live.update(status_table(request(args.manager, args.keys, "status")))
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    import yaml
+
+    from cluster.fleet.admin import request
+
+    try:
+        config = yaml.safe_load(Path(args.config).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config '{args.config}': {exc}") from None
+    reply = request(args.manager, args.keys, "deploy", config=config, target=args.to)
+    print(f"deployed {reply['version']} to {len(reply['agents'])} robot(s): {', '.join(reply['agents'])}")
+    return 0
+
+
+def cmd_rollout(args) -> int:
+    from cluster.fleet.admin import request
+
+    path = Path(args.model)
+    if not path.is_file():
+        raise ConfigError(f"model file '{path}' does not exist")
+    reply = request(args.manager, args.keys, "rollout", data=path.read_bytes(), version=args.version,
+                    file=path.name, fraction=args.fraction, target=args.to)
+    print(f"rolled out {args.version} to {len(reply['canary'])} robot(s): {', '.join(reply['canary'])}")
+    return 0
+
+
+def cmd_admin(args) -> int:
+    from cluster.fleet.admin import request
+
+    reply = request(args.manager, args.keys, args.op, target=getattr(args, "to", None))
+    if not reply.get("ok"):
+        print(reply.get("error"))
+        return 1
+    print(f"{args.op}: {', '.join(reply.get('agents', []))}")
+    return 0
