@@ -1,0 +1,243 @@
+"""Streaming SNN inference (`snn`) and the gesture-command sink (`gesture_command`).
+
+`snn` reads `frames` (one frame per time step), keeps one network state per stream, and
+segments the stream by activity: a frame with at least `onset_events` counts starts a
+sample (the network state is reset), every frame then advances the network one step, and
+a decision is emitted on `commands` when the decoded confidence passes `early_exit`
+(dynamic-confidence early exit), when the activity stops, or after `max_steps`. The row
+holds the class, its confidence, the steps used and every class score.
+
+The network runs on a device backend chosen by name (`edge.devices`: `torch-cpu`,
+`torch-cuda`, `neuromorphic-emulator`, vendor SDKs); backends are looked up by name at
+setup, like operators, so this module imports only `pipeline`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from pipeline import schemas as sch
+from pipeline.errors import ConfigError, SchemaError
+from pipeline.operator import Operator, Params, register
+
+DEFAULT_MODEL = Path(__file__).parent / "models" / "gesture.nir"
+QUIET_STEPS = 2  # frames below onset that end a sample
+
+
+class SnnParams(Params):
+    model: str | None = Field(None, description="NIR file; default: the shipped gesture model")
+    device: str = Field("torch-cpu", description="device backend (edge.devices)")
+    device_options: dict = Field(default_factory=dict, description="backend options, e.g. {chip: loihi}")
+    state_per: Literal["stream", "shared"] = Field("stream", description="one network state per input stream")
+    early_exit: float | None = Field(0.9, gt=0, le=1, description="decide once confidence reaches this")
+    min_steps: int = Field(3, ge=1, description="steps before an early decision is allowed")
+    max_steps: int | None = Field(None, ge=1, description="decide after this many steps (default: model's)")
+    onset_events: float | None = Field(None, ge=0, description="counts per frame that start a sample (default: model's)")
+    delta: bool = Field(False, description="propagate only input changes (reports synaptic ops skipped)")
+    labels: list[str] | None = Field(None, description="class names (default: from the model)")
+
+
+def model_path(params: SnnParams) -> Path:
+    return Path(params.model) if params.model else DEFAULT_MODEL
+
+
+@register
+class Snn(Operator):
+    """Spiking-network inference over frames, one decision per gesture on `commands`."""
+
+    name = "snn"
+    inputs = {"frames": "frames"}
+    outputs = {"commands": "commands"}
+    Params = SnnParams
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self._net = None
+        self._backend = None
+        self.streams: dict[str, dict] = {}
+        self.decisions = 0
+        self.steps_run = 0
+
+    def __getstate__(self):  # picklable before setup: the network is rebuilt from the file
+        d = dict(self.__dict__)
+        d["_net"] = d["_backend"] = None
+        return d
+
+    # -- build time ----------------------------------------------------------------
+    def _load(self):
+        from operators.snn import nir_io
+
+        path = model_path(self.params)
+        net = nir_io.load(path)
+        meta = nir_io.metadata(nir_io.read(path))
+        return net, meta
+
+    def schemas(self, inputs):
+        frames = inputs["frames"]
+        sch.check("frames", frames, f"node '{self.node}' input 'frames'")
+        net, meta = self._load()
+        shape = tuple(sch.fact(frames, "shape") or frames.field("frame").type.shape)
+        if shape != net.input_shape:
+            raise SchemaError(
+                f"model '{model_path(self.params)}' expects frames of shape {net.input_shape} but the upstream "
+                f"port sends {shape}")
+        if len(net.output_shape) != 1:
+            raise SchemaError(f"model '{model_path(self.params)}' outputs shape {net.output_shape}; "
+                              "class scores need a 1-D output")
+        labels = self._labels(meta, net.output_shape[0])
+        devices = importlib.import_module("edge.devices")  # plug-in lookup by name
+        devices.backend(self.params.device)  # unknown or unavailable: a ConfigError now, not at run time
+        self._net, self._meta = net, meta
+        return {"commands": self._schema(labels)}
+
+    def _labels(self, meta, n):
+        labels = self.params.labels or meta.get("labels") or [f"class{i}" for i in range(n)]
+        if len(labels) != n:
+            raise ConfigError(f"node '{self.node}': {len(labels)} labels given for a model with {n} outputs")
+        return list(labels)
+
+    @staticmethod
+    def _schema(labels) -> pa.Schema:
+        fields = {"label": "int32", "confidence": "float32", "steps": "int32"}
+        fields.update({f"score_{name}": "float32" for name in labels})
+        schema = sch.commands_schema(fields, units={"confidence": "probability", "steps": "time steps"})
+        meta = dict(schema.metadata)
+        meta[b"labels"] = json.dumps(labels).encode()
+        return schema.with_metadata(meta)
+
+    # -- run time ------------------------------------------------------------------
+    def setup(self):
+        if self._net is None:
+            self._net, self._meta = self._load()
+        devices = importlib.import_module("edge.devices")  # plug-in lookup by name
+        self._backend = devices.backend(self.params.device)(self._net, delta=self.params.delta,
+                                                            **self.params.device_options)
+        self.labels = self._labels(self._meta, self._net.output_shape[0])
+        self.schema = self._schema(self.labels)
+        self.max_steps = self.params.max_steps or int(self._meta.get("steps", 20))
+        self.onset = self.params.onset_events if self.params.onset_events is not None else float(
+            self._meta.get("onset_events", 0.0))
+
+    def _stream(self, key):
+        s = self.streams.get(key)
+        if s is None:
+            s = self.streams[key] = {"phase": "idle", "quiet": 0, "steps": 0, "sum": None, "net": None}
+        return s
+
+    wants_header = True
+
+    def process(self, port, batch, header=None):
+        key = header.stream if (header is not None and self.params.state_per == "stream") else "shared"
+        s = self._stream(key)
+        frames = sch.frames_view(batch)
+        ts = sch.column(batch, "t")
+        rows = []
+        for t, frame in zip(ts, frames):
+            active = float(frame.sum()) >= self.onset
+            s["quiet"] = 0 if active else s["quiet"] + 1
+            if s["phase"] == "done":
+                if s["quiet"] >= QUIET_STEPS:
+                    s["phase"] = "idle"
+                continue
+            if s["phase"] == "idle":
+                if not active:
+                    continue
+                s.update(phase="active", steps=0, sum=None, net=self._backend.initial_state())
+            y, s["net"] = self._backend.run(frame[None], s["net"])
+            s["steps"] += 1
+            self.steps_run += 1
+            s["sum"] = y[0].astype(np.float64) if s["sum"] is None else s["sum"] + y[0]
+            scores = s["sum"] / s["steps"]
+            probs = np.exp(scores - scores.max())
+            probs /= probs.sum()
+            conf = float(probs.max())
+            sure = self.params.early_exit is not None and s["steps"] >= self.params.min_steps and conf >= self.params.early_exit
+            ended = s["quiet"] >= QUIET_STEPS
+            if sure or ended or s["steps"] >= self.max_steps:
+                rows.append((int(t), int(probs.argmax()), conf, s["steps"], probs))
+                s["phase"] = "idle" if ended else "done"
+                s["net"] = None
+        if not rows:
+            return None
+        self.decisions += len(rows)
+        cols = {"label": [r[1] for r in rows], "confidence": [r[2] for r in rows], "steps": [r[3] for r in rows]}
+        for i, name in enumerate(self.labels):
+            cols[f"score_{name}"] = [float(r[4][i]) for r in rows]
+        return sch.commands_batch([r[0] for r in rows], self.schema, **cols)
+
+    def state(self):
+        return {"streams": self.streams, "decisions": self.decisions, "steps_run": self.steps_run}
+
+    def restore(self, state):
+        self.streams = state["streams"]
+        self.decisions, self.steps_run = state["decisions"], state["steps_run"]
+
+    def result(self):
+        """What the backend counted (spikes, synaptic ops, energy, delta savings), decisions and steps."""
+        return {"decisions": self.decisions, "steps": self.steps_run,
+                **(self._backend.report() if self._backend else {})}
+
+
+class GestureCommandParams(Params):
+    min_confidence: float = Field(0.0, ge=0, le=1, description="ignore decisions below this confidence")
+    quiet: bool = Field(False, description="do not print, only report")
+
+
+@register
+class GestureCommand(Operator):
+    """Prints each recognised gesture with its confidence and sensing-to-action latency."""
+
+    name = "gesture_command"
+    inputs = {"commands": "commands"}
+    Params = GestureCommandParams
+    wants_header = True
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self.gestures: list[dict] = []
+
+    def schemas(self, inputs):
+        schema = inputs["commands"]
+        for name in ("label", "confidence"):
+            if schema.get_field_index(name) < 0:
+                raise SchemaError(f"node '{self.node}' needs a '{name}' column (connect it to an 'snn' node)")
+        return {}
+
+    def process(self, port, batch, header=None):
+        now = time.time_ns()
+        labels = sch.fact(batch.schema, "labels") or []
+        ts, lab, conf = sch.column(batch, "t"), sch.column(batch, "label"), sch.column(batch, "confidence")
+        steps = sch.column(batch, "steps") if batch.schema.get_field_index("steps") >= 0 else np.zeros(len(ts))
+        latency_ms = (now - header.ingest_ns) / 1e6 if header is not None and header.ingest_ns else float("nan")
+        for t, k, c, n in zip(ts, lab, conf, steps):
+            if c < self.params.min_confidence:
+                continue
+            name = labels[k] if 0 <= k < len(labels) else f"class{k}"
+            g = {"t_us": int(t), "label": int(k), "gesture": name, "confidence": round(float(c), 4),
+                 "steps": int(n), "latency_ms": round(latency_ms, 3)}
+            self.gestures.append(g)
+            if not self.params.quiet:
+                print(f"[{t / 1e6:7.2f} s] gesture {name:<12} confidence {c:.2f}  steps {int(n):2d}  "
+                      f"sensing-to-action {latency_ms:.2f} ms", file=sys.stdout, flush=True)
+
+    def state(self):
+        return list(self.gestures)
+
+    def restore(self, state):
+        self.gestures = list(state)
+
+    def result(self):
+        lat = np.array([g["latency_ms"] for g in self.gestures], float)
+        lat = lat[np.isfinite(lat)]
+        return {"gestures": self.gestures, "count": len(self.gestures),
+                "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
+                "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None}
