@@ -120,46 +120,63 @@ class Simulation:
 
     # -- run ------------------------------------------------------------------------
     def windows(self, duration_s: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Advance window by window for `duration_s` of biological time.
+        """Each window's spikes, as (step, global neuron) arrays in that order."""
+        return self.chunks(duration_s, 1)
 
-        Yields each window's spikes as (step, global neuron) arrays in that order.
+    def chunks(self, duration_s: float, per_chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Advance `per_chunk` windows at a time for `duration_s` of biological time.
+
+        Yields the spikes of each chunk as (step, global neuron) arrays sorted that way.
+        One partition without spike sources runs a whole chunk inside one Numba call;
+        otherwise the partitions exchange spikes once per window.
         """
         if not self.parts:
             self.build()
         n_windows = int(np.ceil(duration_s * 1e3 / (self.window * self.layout.dt_ms) - 1e-9))
         pending = (np.empty(0, np.int64), np.empty(0, np.int64))
+        fused = self.backend == "inline" and len(self.parts) == 1 and not len(self.layout.src_steps)
         if self.backend == "ray":
             import ray
 
             pending_ref = ray.put(to_batch(*pending, self.dt_us, self.schema))
-        for _ in range(n_windows):
-            if self.backend == "inline":
-                outs = [p.step_window(*pending) for p in self.parts]
-                t0 = time.perf_counter()
-                pending = merge(outs) if len(outs) > 1 or len(self.layout.src_steps) else outs[0]
-            else:
-                outs = ray.get([p.step_window.remote(pending_ref) for p in self.parts])
-                t0 = time.perf_counter()
-                pending = merge([from_batch(b, self.dt_us) for b in outs])
-                batch = to_batch(*pending, self.dt_us, self.schema)
-                pending_ref = ray.put(batch)
-                self.stats["bytes_exchanged"] += batch.nbytes
-            self.stats["exchange_s"] += time.perf_counter() - t0
-            self.stats["windows"] += 1
-            self.stats["spikes_exchanged"] += len(pending[0])
-            yield pending
+        done = 0
+        while done < n_windows:
+            todo = min(per_chunk, n_windows - done)
+            if fused:
+                part = self.parts[0]
+                steps, neurons = part.run_windows(todo, *pending)
+                last = steps > part.step - self.window
+                pending = (steps[last], neurons[last])
+                self.stats["windows"] += todo
+                self.stats["spikes_exchanged"] += len(steps)
+                done += todo
+                yield steps, neurons
+                continue
+            held = []
+            for _ in range(todo):
+                if self.backend == "inline":
+                    outs = [p.step_window(*pending) for p in self.parts]
+                    t0 = time.perf_counter()
+                    pending = merge(outs)
+                else:
+                    outs = ray.get([p.step_window.remote(pending_ref) for p in self.parts])
+                    t0 = time.perf_counter()
+                    pending = merge([from_batch(b, self.dt_us) for b in outs])
+                    batch = to_batch(*pending, self.dt_us, self.schema)
+                    pending_ref = ray.put(batch)
+                    self.stats["bytes_exchanged"] += batch.nbytes
+                self.stats["exchange_s"] += time.perf_counter() - t0
+                self.stats["windows"] += 1
+                self.stats["spikes_exchanged"] += len(pending[0])
+                held.append(pending)
+            done += todo
+            yield _concat(held) if len(held) > 1 else held[0]
 
     def batches(self, duration_s: float, batch_ms: float = 10.0) -> Iterator[pa.RecordBatch]:
         """The spikes of `duration_s` as Arrow batches of about `batch_ms` each (t in µs, global neuron)."""
         per = max(1, int(round(batch_ms / (self.window * self.layout.dt_ms))))
-        held: list = []
-        for spikes in self.windows(duration_s):
-            held.append(spikes)
-            if len(held) >= per:
-                yield to_batch(*_concat(held), self.dt_us, self.schema)
-                held = []
-        if held:
-            yield to_batch(*_concat(held), self.dt_us, self.schema)
+        for steps, neurons in self.chunks(duration_s, per):
+            yield to_batch(steps, neurons, self.dt_us, self.schema)
 
     def busy_s(self) -> list[float]:
         """Seconds each Ray actor spent computing (not waiting); empty for inline."""

@@ -294,3 +294,46 @@ def advance(pops, pidx, lo, step0, n_steps, v, ge, gi, refr, rng, buf, src_steps
             p += 1
         src_ptr[0] = p
     return count
+
+
+@njit(cache=True, nogil=True)
+def run_windows(n_windows, window, step0, pops, pidx, lo, v, ge, gi, refr, rng, buf, indptr, tgt, w, dch,
+                pend_steps, pend_neurons):
+    """Several windows of a partition that is the whole network, without leaving Numba.
+
+    The same deliver-then-advance sequence as the runner's loop (so results match it
+    bit for bit); only for networks without spike sources. Returns all spikes emitted.
+    """
+    n = v.shape[0]
+    cur_s = np.empty(n * window + 1, np.int64)
+    cur_n = np.empty(n * window + 1, np.int64)
+    prev_s = pend_steps.copy()
+    prev_n = pend_neurons.copy()
+    n_prev = prev_s.shape[0]
+    cap = max(1024, 4 * n_prev * n_windows)
+    all_s = np.empty(cap, np.int64)
+    all_n = np.empty(cap, np.int64)
+    m = 0
+    no_src = np.empty(0, np.int64)
+    src_ptr = np.zeros(1, np.int64)
+    for k in range(n_windows):
+        deliver(prev_s[:n_prev], prev_n[:n_prev], indptr, tgt, w, dch, buf)
+        c = advance(pops, pidx, lo, step0 + k * window, window, v, ge, gi, refr, rng, buf, no_src, no_src,
+                    src_ptr, cur_s, cur_n)
+        if m + c > cap:
+            cap = 2 * (m + c)
+            grown_s = np.empty(cap, np.int64)
+            grown_n = np.empty(cap, np.int64)
+            grown_s[:m] = all_s[:m]
+            grown_n[:m] = all_n[:m]
+            all_s, all_n = grown_s, grown_n
+        all_s[m:m + c] = cur_s[:c]
+        all_n[m:m + c] = cur_n[:c]
+        m += c
+        if prev_s.shape[0] < c:
+            prev_s = np.empty(cur_s.shape[0], np.int64)
+            prev_n = np.empty(cur_s.shape[0], np.int64)
+        prev_s[:c] = cur_s[:c]
+        prev_n[:c] = cur_n[:c]
+        n_prev = c
+    return all_s[:m].copy(), all_n[:m].copy()

@@ -185,3 +185,14 @@ class Partition:
                       self.out_steps, self.out_neurons)
         self.step += self.window
         return self.out_steps[:c].copy(), self.out_neurons[:c].copy()
+
+    def run_windows(self, n_windows: int, steps: np.ndarray, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`n_windows` windows in one Numba call (whole network in this partition, no spike sources)."""
+        if self.lo != 0 or self.hi != self.layout.n or len(self.src_steps):
+            raise ValueError("run_windows needs the whole network in one partition and no spike sources")
+        out = k.run_windows(n_windows, self.window, self.step, self.layout.pops, self.pidx, self.lo, self.v,
+                            self.ge, self.gi, self.refr, self.rng, self.buf, self.indptr, self.tgt, self.w,
+                            self.dch, np.ascontiguousarray(steps, np.int64), np.ascontiguousarray(neurons, np.int64))
+        self.step += n_windows * self.window
+        return out
+

@@ -75,7 +75,7 @@ def simulate(spec: NetworkSpec, duration_s: float, actors: int = 1, backend: str
     build_s = time.perf_counter() - t_build
     info = sim.info()
     collected: dict[str, list] = {name: [] for name in layout.names}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         for batch in sim.batches(duration_s, batch_ms):
             t = sch.column(batch, "t")
@@ -88,6 +88,7 @@ def simulate(spec: NetworkSpec, duration_s: float, actors: int = 1, backend: str
                 if recorder is not None:
                     recorder.process(f"brainsim__{name}", part)
         wall_s = time.perf_counter() - t0
+        cpu_s = time.process_time() - c0
         busy = sim.busy_s()
     finally:
         if recorder is not None:
@@ -112,6 +113,7 @@ def simulate(spec: NetworkSpec, duration_s: float, actors: int = 1, backend: str
         **{k: v for k, v in info.items() if k != "build_s"},
         "build_s": build_s,
         "wall_s": wall_s,
+        "cpu_s": cpu_s,  # this process only: excludes Ray actors' time (see actor_busy_s)
         "real_time_factor": wall_s / duration_s,
         "windows": sim.stats["windows"],
         "exchange_s": sim.stats["exchange_s"],

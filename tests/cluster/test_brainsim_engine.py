@@ -112,3 +112,18 @@ def test_ray_actors_match_inline(ray_session):
     assert info["backend"] == "ray" and info["actors"] == 2
     np.testing.assert_array_equal(s2, s1)
     np.testing.assert_array_equal(n2, n1)
+
+
+def test_fused_single_partition_matches_window_exchange():
+    spec = NetworkSpec(model="brunel2000", scale=0.04, options={"state": "AI", "indegree_e": 100})
+    one = Simulation(spec).build()
+    assert len(one.layout.src_steps) == 0
+    fused = list(one.chunks(0.05, 7))  # one Numba call per 7 windows
+    two = Simulation(spec, actors=2).build()
+    stepped = list(two.windows(0.05))
+    s1, n1 = (np.concatenate([c[i] for c in fused]) for i in (0, 1))
+    s2, n2 = (np.concatenate([c[i] for c in stepped]) for i in (0, 1))
+    assert len(s1) > 50
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(n1, n2)
+    assert one.parts[0].v.tobytes() == np.concatenate([p.v for p in two.parts]).tobytes()

@@ -1,0 +1,229 @@
+"""brainsim against Brian2 (runtime and C++ standalone), Brunel strong scaling, memory per synapse.
+
+    .venv/bin/python benchmarks/bench_brainsim.py [--quick] [--skip-brian2] [--skip-scaling]
+
+1. CUBA (Vogels & Abbott 2005; 4,000 neurons, 2 %), 10 s biological time at dt = 0.1 ms:
+   wall time of ours (one partition, Numba warmed up) against Brian2 2.9 in runtime mode
+   (Cython) and in C++ standalone mode, each driven in its own virtualenv
+   (`.venv-brian2`, created here when absent: Brian2 needs numpy < 2.3), plus the rates
+   each reports, so the same network is compared as well as timed.
+2. Brunel (2000) AI at 10^5 neurons (in-degree 1,000 + 250): strong scaling 1 -> 2 Ray
+   actors, parallel efficiency, per-window exchange cost.
+3. Memory: bytes per synapse measured, a 10^6-neuron / 10^8-synapse network built and
+   run briefly, and the largest network that fits in 24 GiB extrapolated from measured
+   bytes per synapse and per neuron.
+
+Writes benchmarks/results/brainsim.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BRIAN_VENV = ROOT / ".venv-brian2"
+RESULT = ROOT / "benchmarks" / "results" / "brainsim.json"
+
+BRIAN_SCRIPT = textwrap.dedent('''
+    import json, sys, time
+    mode, duration_s, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+    from brian2 import *
+    if mode == "cpp_standalone":
+        set_device("cpp_standalone", directory=sys.argv[4], build_on_run=True)
+    else:
+        prefs.codegen.target = "cython"
+    defaultclock.dt = 0.1 * ms
+    seed(1)
+    taum, taue, taui = 20 * ms, 5 * ms, 10 * ms
+    Vt, Vr, El = -50 * mV, -60 * mV, -49 * mV
+    eqs = """dv/dt = (ge + gi - (v - El)) / taum : volt (unless refractory)
+    dge/dt = -ge / taue : volt
+    dgi/dt = -gi / taui : volt"""
+    t0 = time.perf_counter()
+    P = NeuronGroup(4000, eqs, threshold="v > Vt", reset="v = Vr", refractory=5 * ms, method="exact")
+    P.v = "Vr + rand() * (Vt - Vr)"
+    we, wi = (60 * 0.27 / 10) * mV, (-20 * 4.5 / 10) * mV
+    Ce = Synapses(P, P, on_pre="ge += we")
+    Ci = Synapses(P, P, on_pre="gi += wi")
+    Ce.connect("i < 3200", p=0.02)
+    Ci.connect("i >= 3200", p=0.02)
+    mon = SpikeMonitor(P)
+    import resource
+    t1, c1 = time.perf_counter(), time.process_time()
+    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run(duration_s * second)
+    t2, c2 = time.perf_counter(), time.process_time()
+    ch2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = {"mode": mode, "duration_s": duration_s, "setup_s": t1 - t0, "run_call_s": t2 - t1,
+           "run_call_cpu_s": c2 - c1,
+           "children_cpu_s": (ch2.ru_utime + ch2.ru_stime) - (ch1.ru_utime + ch1.ru_stime)}
+    if mode == "cpp_standalone":
+        res["sim_s"] = float(device._last_run_time)
+    i = mon.i[:]
+    t = mon.t[:] / second
+    keep = t >= 0.1
+    res["rate_e_hz"] = float((i[keep] < 3200).sum() / 3200 / (duration_s - 0.1))
+    res["rate_i_hz"] = float((i[keep] >= 3200).sum() / 800 / (duration_s - 0.1))
+    res["synapses"] = int(len(Ce) + len(Ci))
+    json.dump(res, open(out, "w"))
+''')
+
+
+def ensure_brian_venv() -> Path | None:
+    py = BRIAN_VENV / "bin" / "python"
+    if not py.exists():
+        try:
+            subprocess.run(["python3.11", "-m", "venv", str(BRIAN_VENV)], check=True)
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "brian2==2.9.*", "numpy<2.3"], check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"cannot set up Brian2: {exc}")
+            return None
+    return py
+
+
+def brian2(py: Path, mode: str, duration_s: float, workdir: Path) -> dict:
+    script = workdir / "brian_cuba.py"
+    script.write_text(BRIAN_SCRIPT)
+    out = workdir / f"brian_{mode}.json"
+    cmd = [str(py), str(script), mode, str(duration_s), str(out), str(workdir / f"standalone_{mode}")]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"mode": mode, "error": proc.stderr.strip().splitlines()[-5:]}
+    res = json.loads(out.read_text())
+    res["process_wall_s"] = wall
+    return res
+
+
+def ours_cuba(duration_s: float) -> dict:
+    from cluster.brainsim.simulate import simulate
+    from cluster.brainsim.spec import NetworkSpec
+
+    simulate(NetworkSpec(model="vogels_abbott_cuba"), 0.05)  # warm up: Numba compiles (or loads its cache)
+    rep = simulate(NetworkSpec(model="vogels_abbott_cuba"), duration_s)
+    return {"wall_s": rep["wall_s"], "cpu_s": rep["cpu_s"], "build_s": rep["build_s"], "synapses": rep["synapses"],
+            "bytes_per_synapse": rep["bytes_per_synapse"], "real_time_factor": rep["real_time_factor"],
+            "rate_e_hz": rep["populations"]["E"]["rate_hz"], "rate_i_hz": rep["populations"]["I"]["rate_hz"],
+            "cv_isi_e": rep["populations"]["E"]["cv_isi"]}
+
+
+def brunel_scaling(scale: float, duration_s: float) -> dict:
+    from cluster.brainsim.simulate import simulate
+    from cluster.brainsim.spec import NetworkSpec
+
+    spec = NetworkSpec(model="brunel2000", scale=scale, options={"state": "AI"})
+    runs = {}
+    for k in (1, 2):
+        rep = simulate(spec, duration_s, actors=k, backend="ray", transient_ms=20.0)
+        w = rep["windows"]
+        runs[k] = {"wall_s": rep["wall_s"], "build_s": rep["build_s"], "actor_busy_s": rep["actor_busy_s"],
+                   "windows": w, "window_ms": rep["window_ms"], "ms_per_window": 1e3 * rep["wall_s"] / w,
+                   "exchange_ms_per_window": 1e3 * rep["exchange_s"] / w,
+                   "spikes_per_window": rep["spikes_per_window"],
+                   "bytes_per_window": rep["bytes_exchanged"] / w, "rate_e_hz": rep["populations"]["E"]["rate_hz"],
+                   "neurons": rep["neurons"], "synapses": rep["synapses"],
+                   "bytes_per_synapse": rep["bytes_per_synapse"]}
+    speedup = runs[1]["wall_s"] / runs[2]["wall_s"]
+    return {"scale": scale, "duration_s": duration_s, "runs": runs, "speedup": speedup,
+            "parallel_efficiency": speedup / 2, "target_efficiency": 0.7}
+
+
+def memory(n_neurons: int, indegree: int, duration_s: float) -> dict:
+    """Build (and briefly run) a big Brunel network in this process; measure what it holds."""
+    import numpy as np
+
+    from cluster.brainsim.engine import Simulation
+    from cluster.brainsim.spec import NetworkSpec
+
+    scale = n_neurons / 12_500
+    # keep J * C_E (the mean recurrent drive) as in the paper when the in-degree shrinks
+    spec = NetworkSpec(model="brunel2000", scale=scale,
+                       options={"state": "AI", "indegree_e": int(indegree * 0.8), "j_mv": 0.1 * 1000 / (indegree * 0.8)})
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sim = Simulation(spec).build()
+    info = sim.info()
+    part = sim.parts[0]
+    neuron_bytes = sum(a.nbytes for a in (part.v, part.ge, part.gi, part.refr, part.rng, part.pidx, part.buf))
+    t0 = time.perf_counter()
+    n_spikes = sum(len(s[0]) for s in sim.windows(duration_s))
+    wall = time.perf_counter() - t0
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sim.close()
+    per_neuron = neuron_bytes / info["neurons"]
+    per_syn = (info["synapse_bytes"] - part.indptr.nbytes) / info["synapses"]
+    budget = 24 * 2**30
+    out = {"neurons": info["neurons"], "synapses": info["synapses"], "bytes_per_synapse": info["bytes_per_synapse"],
+           "bytes_per_synapse_excl_rowptr": per_syn, "neuron_state_bytes_per_neuron": per_neuron,
+           "build_s": info["build_s"], "run_s": wall, "duration_s": duration_s,
+           "rate_hz": n_spikes / info["neurons"] / duration_s, "max_rss_mib_before": rss0, "max_rss_mib_after": rss1}
+    for k in (100, 1250):
+        per = per_neuron + 8 + k * per_syn  # + row pointer per neuron (one partition)
+        out[f"max_neurons_24gib_indegree_{k}"] = int(budget / per)
+        out[f"max_synapses_24gib_indegree_{k}"] = int(budget / per) * k
+    del np
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="short runs (1 s CUBA, small Brunel)")
+    ap.add_argument("--skip-brian2", action="store_true")
+    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    duration = 1.0 if args.quick else 10.0
+    result: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                "note": "shared machine: other jobs compete for the 2 cores"},
+                    "quick": args.quick}
+    print(f"CUBA, {duration:g} s: ours ...", flush=True)
+    result["cuba"] = {"duration_s": duration, "ours": ours_cuba(duration)}
+    print(json.dumps(result["cuba"]["ours"]), flush=True)
+    if not args.skip_brian2:
+        py = ensure_brian_venv()
+        if py is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                brian2(py, "runtime", 0.1, work)  # warm the Cython cache
+                for mode in ("runtime", "cpp_standalone"):
+                    print(f"CUBA, {duration:g} s: Brian2 {mode} ...", flush=True)
+                    res = brian2(py, mode, duration, work)
+                    result["cuba"][f"brian2_{mode}"] = res
+                    print(json.dumps(res), flush=True)
+            ours = result["cuba"]["ours"]["wall_s"]
+            rt = result["cuba"].get("brian2_runtime", {})
+            sa = result["cuba"].get("brian2_cpp_standalone", {})
+            if "run_call_s" in rt:
+                result["cuba"]["speedup_vs_brian2_runtime"] = rt["run_call_s"] / ours
+            if "sim_s" in sa:
+                result["cuba"]["speedup_vs_brian2_cpp_standalone"] = sa["sim_s"] / ours
+                result["cuba"]["rate_e_ratio_vs_brian2"] = result["cuba"]["ours"]["rate_e_hz"] / sa["rate_e_hz"]
+    if not args.skip_scaling:
+        scale, dur = (0.8, 0.1) if args.quick else (8.0, 0.2)
+        print(f"Brunel scale {scale} ({int(12500 * scale)} neurons), {dur} s, 1 -> 2 actors ...", flush=True)
+        result["brunel_scaling"] = brunel_scaling(scale, dur)
+        print(json.dumps({k: v for k, v in result["brunel_scaling"].items() if k != "runs"}), flush=True)
+    if not args.skip_memory:
+        n = 100_000 if args.quick else 1_000_000
+        print(f"memory: {n} neurons, in-degree 100 ...", flush=True)
+        result["memory"] = memory(n, 100, 0.01)
+        print(json.dumps(result["memory"]), flush=True)
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2))
+    print(f"wrote {RESULT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
