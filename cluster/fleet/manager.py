@@ -264,11 +264,12 @@ class Manager:
         rec.received += 1
 
     # -- desired state, deploys and rollouts ---------------------------------------
-    def _converge(self, sock, rec: AgentRecord) -> None:
+    def _converge(self, sock, rec: AgentRecord, force: bool = False) -> None:
+        """Send a robot what differs from its desired state (everything, when `force`)."""
         want = self.desired.get(rec.name, {})
-        if "config" in want and want["config"][0] != rec.version:
+        if "config" in want and (force or want["config"][0] != rec.version):
             self._send(sock, rec, b"deploy", {"config": want["config"][1], "version": want["config"][0]})
-        if "model" in want and want["model"] != rec.model_version:
+        if "model" in want and (force or want["model"] != rec.model_version):
             self._send_model(sock, rec, want["model"])
 
     def _send_model(self, sock, rec: AgentRecord, version: str) -> None:
@@ -303,7 +304,7 @@ class Manager:
             version = config_version(config)
             for rec in targets:
                 self.desired.setdefault(rec.name, {})["config"] = (version, config)
-                self._converge(sock, rec)
+                self._converge(sock, rec, force=True)
             self._event(f"deploy {version} to {len(targets)} robot(s)")
             return {"ok": True, "version": version, "agents": [r.name for r in targets]}
         if op == "rollout":
@@ -320,7 +321,7 @@ class Manager:
                             "canary": [r.name for r in canary]}
             for rec in canary:
                 self.desired.setdefault(rec.name, {})["model"] = version
-                self._converge(sock, rec)
+                self._send_model(sock, rec, version)
             self._event(f"rollout {version} to {len(canary)}/{len(targets)} robot(s)")
             return {"ok": True, **self.rollout}
         if op in ("promote", "rollback"):
@@ -331,12 +332,12 @@ class Manager:
                 chosen = self.select(ro.get("target"))
                 for rec in chosen:
                     self.desired.setdefault(rec.name, {})["model"] = ro["candidate"]
-                    self._converge(sock, rec)
+                    self._send_model(sock, rec, ro["candidate"])
             else:
                 chosen = [self.agents[n] for n in ro["canary"] if n in self.agents]
                 for rec in chosen:
                     self.desired.setdefault(rec.name, {})["model"] = ro["previous"][rec.name]
-                    self._converge(sock, rec)
+                    self._send_model(sock, rec, ro["previous"][rec.name])
             self._event(f"{op} {ro['candidate']} on {len(chosen)} robot(s)")
             self.rollout = None
             return {"ok": True, "op": op, "candidate": ro["candidate"], "agents": [r.name for r in chosen]}

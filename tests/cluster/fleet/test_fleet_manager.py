@@ -1,0 +1,117 @@
+"""The fleet manager with in-process agents: telemetry in order, deploy, rollout, bad messages."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pyarrow as pa
+import zmq
+from rich.console import Console
+
+from cluster.fleet.admin import request, status_table
+from edge import keys as K
+from edge import wire
+from edge.agent import Agent, AgentOptions, telemetry_payload
+
+PIPELINE = {"name": "fleet_test", "nodes": {
+    "sensor": {"op": "synthetic", "params": {"kind": "samples", "channels": 2, "rate_hz": 2000, "batch_items": 10,
+                                             "duration_s": 30.0, "pacing": "realtime"}},
+    "motor": {"op": "actuator_log", "inputs": {"in": "sensor.out"}}}}
+
+
+def _start(tmp_path, keys, endpoint, name, tags, **kw):
+    agent = Agent(AgentOptions(name=name, manager=endpoint, keys=str(keys), tags=tags, work_dir=str(tmp_path / name),
+                               heartbeat_s=0.2, telemetry_hz=20, linger_s=2.0, **kw))
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    return agent, stop, thread
+
+
+def test_deploy_rollout_promote_rollback_and_ordered_telemetry(tmp_path, keys, manager, helpers):
+    mgr, endpoint = manager
+    agents = {n: _start(tmp_path, keys, endpoint, n, t) for n, t in (("r1", ["lab"]), ("r2", ["field"]))}
+    try:
+        helpers.wait_for(lambda: len(mgr.agents) == 2, what="both robots to register")
+        admin = dict(manager=endpoint, keys=str(keys))
+
+        reply = request(**admin, op="deploy", config=PIPELINE, target="tag:lab")
+        assert reply["agents"] == ["r1"]
+        r1, r2 = agents["r1"][0], agents["r2"][0]
+        helpers.wait_for(lambda: r1.status == "running" and r1.stats["step"] > 5, 30, "r1 to run the deployed config")
+        assert r1.version == reply["version"] and r2.version == "none"
+
+        model = tmp_path / "brain.nir"
+        model.write_bytes(b"NIR model v2 \x00\x01")
+        reply = request(**admin, op="rollout", data=model.read_bytes(), version="v2", file="brain.nir", fraction=0.5)
+        assert reply["canary"] == ["r1"]
+        helpers.wait_for(lambda: r1.model_version == "v2", what="r1 to take model v2")
+        assert (tmp_path / "r1" / "models" / "v2" / "brain.nir").read_bytes() == model.read_bytes()
+        assert r2.model_version == "initial"
+        step = r1.stats["step"]
+        assert request(**admin, op="rollback")["agents"] == ["r1"]
+        helpers.wait_for(lambda: r1.model_version == "initial", what="r1 to roll back")
+        assert r1.stats["step"] > step and r1.status == "running"  # the loop never stopped
+
+        request(**admin, op="rollout", data=b"v3", version="v3", file="brain.nir", fraction=0.5)
+        assert request(**admin, op="promote")["agents"] == ["r1", "r2"]
+        helpers.wait_for(lambda: r1.model_version == r2.model_version == "v3", what="promotion to all")
+
+        report = request(**admin, op="status")
+        helpers.wait_for(lambda: mgr.agents["r1"].model_version == "v3", what="heartbeat to carry v3")
+        console = Console(record=True, width=250)
+        console.print(status_table(request(**admin, op="status")))
+        text = console.export_text()
+        assert "r1" in text and "r2" in text and "fleet_test@" in text
+        assert {a["name"]: a["link"] for a in report["agents"]} == {"r1": "up", "r2": "up"}
+    finally:
+        for _, stop, _thread in agents.values():
+            stop.set()
+        for _, _, thread in agents.values():
+            thread.join(timeout=10)
+    for name, (agent, _, _) in agents.items():
+        assert agent.link["acked"] == agent.spool.next_seq - 1  # everything delivered before exit
+        assert helpers.seqs(mgr.recording.folder, f"{name}.telemetry") == list(range(agent.spool.next_seq))
+        assert mgr.agents[name].duplicates == 0
+
+
+def _bad_schema_payload() -> bytes:
+    batch = pa.record_batch({"t": pa.array([1], pa.int64()), "evil": pa.array(["x"])})
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, batch.schema) as w:
+        w.write_batch(batch)
+    return sink.getvalue()
+
+
+def test_bad_signature_and_bad_schema_are_rejected_and_counted(tmp_path, keys, manager, helpers):
+    mgr, endpoint = manager
+    agent, stop, thread = _start(tmp_path, keys, endpoint, "r1", [])
+    ctx = zmq.Context()
+    rogue = K.client_socket(ctx, zmq.DEALER, keys / "r2.key_secret", keys / "manager.key")
+    try:
+        helpers.wait_for(lambda: "r1" in mgr.agents, what="r1 to register")
+        rogue.connect(endpoint)
+        wire.send(rogue, b"hello", {"name": "r1", "pid": 1})  # r2's key claiming to be r1
+        helpers.wait_for(lambda: mgr.counters["bad_signature"] == 1, what="the forged hello to be counted")
+        assert mgr.agents["r1"].pid != 1
+
+        wire.send(rogue, b"hello", {"name": "r2", "pid": 2, "first": 0})
+        assert rogue.poll(5000)
+        kind, head, _ = wire.parse(rogue.recv_multipart())
+        assert kind == b"welcome" and head["acked"] == -1
+        wire.send(rogue, b"tel", {"seq": 0}, extra=[_bad_schema_payload()])
+        wire.send(rogue, b"tel", {"seq": 1}, extra=[telemetry_payload(123, step=7)])
+        rogue.send_multipart([b"tel", b"not json"])
+        helpers.wait_for(lambda: mgr.counters["malformed"] == 1 and mgr.agents["r2"].received == 1,
+                         what="the good message to be recorded")
+        assert mgr.counters["bad_schema"] == 1 and mgr.agents["r2"].rejected == 1
+        before = mgr.agents["r1"].received
+        helpers.wait_for(lambda: mgr.agents["r1"].received > before + 5, what="r1 to carry on unharmed")
+    finally:
+        rogue.close(linger=0)
+        ctx.term()
+        stop.set()
+        thread.join(timeout=10)
+    assert helpers.seqs(mgr.recording.folder, "r2.telemetry") == [1]
+    assert helpers.seqs(mgr.recording.folder, "r1.telemetry") == list(range(agent.spool.next_seq))

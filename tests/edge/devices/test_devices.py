@@ -1,0 +1,114 @@
+"""Device backends: one interface, torch on CPU/CUDA, the chip emulator, vendor plug-ins."""
+
+import numpy as np
+import pytest
+import torch
+
+from edge.devices import PROFILES, backend, backends, quantisation_loss
+from operators.snn import layers as L
+from operators.snn.network import Affine, Conv, Flatten, Network, Pool2d
+from pipeline.errors import ConfigError
+
+
+def _net(width=16, conv_out=4):
+    torch.manual_seed(3)
+    return Network.sequential((2, width, width), [
+        ("conv", Conv(torch.randn(conv_out, 2, 3, 3), torch.zeros(conv_out), 1, 1)),
+        ("lif", L.LIF((conv_out, width, width), beta=0.9)),
+        ("pool", Pool2d((4, 4), (4, 4), (0, 0), sum=True)),
+        ("flat", Flatten()),
+        ("fc", Affine(torch.randn(5, conv_out * (width // 4) ** 2) * 0.3, torch.zeros(5))),
+        ("li", L.LI((5,), beta=0.9)),
+    ])
+
+
+def _input(T=20, width=16, seed=0):
+    return np.random.default_rng(seed).poisson(0.4, (T, 2, width, width)).astype(np.float32)
+
+
+def test_registry_names_and_unknown():
+    names = backends()
+    for name in ("torch-cpu", "torch-cuda", "neuromorphic-emulator", "sinabs", "lava"):
+        assert name in names
+    with pytest.raises(ConfigError, match="unknown device backend 'tpu'"):
+        backend("tpu")
+
+
+def test_torch_cpu_matches_the_network_and_carries_state():
+    net = _net()
+    xs = _input()
+    b = backend("torch-cpu")(net)
+    a, s = b.run(xs[:7], b.initial_state())
+    c, _ = b.run(xs[7:], s)
+    with torch.no_grad():
+        ref, _ = net.run(torch.from_numpy(xs).unsqueeze(1))
+    assert np.allclose(np.concatenate([a, c]), ref[:, 0].numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_torch_cuda_matches_cpu():
+    net = _net()
+    xs = _input()
+    cpu = backend("torch-cpu")(net)
+    y_cpu, _ = cpu.run(xs, cpu.initial_state())
+    gpu = backend("torch-cuda")(_net())
+    y_gpu, _ = gpu.run(xs, gpu.initial_state())
+    assert np.allclose(y_cpu, y_gpu, atol=1e-4)
+
+
+def test_emulator_counts_and_energy():
+    net = _net()
+    b = backend("neuromorphic-emulator")(net, chip="loihi")
+    y, _ = b.run(_input(), b.initial_state())
+    r = b.report()
+    assert y.shape == (20, 5)
+    assert r["spikes"] > 0 and r["synops"] > r["spikes"]
+    assert r["cores"] >= 2 and r["chips"] == 1
+    expected = (r["synops"] * 23.6 + r["spikes"] * 1.7 + r["neuron_updates"] * 52.0) * 1e-6
+    assert r["energy_uj"] == pytest.approx(expected)
+    # quantised, so close to but not exactly the float network
+    with torch.no_grad():
+        ref, _ = net.run(torch.from_numpy(_input()).unsqueeze(1))
+    assert np.corrcoef(y.ravel(), ref[:, 0].numpy().ravel())[0, 1] > 0.9
+
+
+def test_synop_count_by_hand():
+    # 3 inputs -> 2 neurons, all connected: each input event reaches 2 synapses
+    net = Network.sequential((3,), [("fc", Affine(torch.ones(2, 3) * 0.1, None)), ("lif", L.LIF((2,)))])
+    b = backend("neuromorphic-emulator")(net, chip="loihi")
+    b.run(np.array([[1, 0, 2], [0, 0, 0]], np.float32), b.initial_state())
+    assert b.report()["synops"] == 6  # (1 + 2) events x 2 synapses
+
+
+def test_fan_in_limit_is_a_clear_error():
+    # 2 channels x 3x3 kernel x 4x4 pooled (off-chip pooling aside) -> conv fan-in 18; fc fan-in 256 > ok for loihi
+    wide = Network.sequential((300,), [("fc", Affine(torch.ones(4, 300), None)), ("lif", L.LIF((4,)))])
+    with pytest.raises(ConfigError, match=r"population 'lif' needs a fan-in of 300 .* 'truenorth' allows 256"):
+        backend("neuromorphic-emulator")(wide, chip="truenorth")
+    backend("neuromorphic-emulator")(wide, chip="loihi")  # fits there
+
+
+def test_profiles_cite_sources():
+    assert len(PROFILES) >= 2
+    for p in PROFILES.values():
+        assert p.sources.get("paper")
+
+
+def test_quantisation_loss_is_reported():
+    net = _net()
+    frames = np.stack([_input(10, seed=s) for s in range(6)])
+    labels = np.arange(6) % 5
+    r = quantisation_loss(net, frames, labels, chip="loihi")
+    assert set(r) >= {"float_accuracy", "chip_accuracy", "accuracy_lost"}
+    assert r["accuracy_lost"] == pytest.approx(r["float_accuracy"] - r["chip_accuracy"])
+
+
+def test_vendor_backends_say_why_they_cannot_run():
+    import importlib.util
+
+    if importlib.util.find_spec("sinabs") is None:
+        with pytest.raises(ConfigError, match="'sinabs' package is not installed"):
+            backend("sinabs")
+    if importlib.util.find_spec("lava") is None:
+        with pytest.raises(ConfigError, match="lava-nc"):
+            backend("lava")
