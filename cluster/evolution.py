@@ -43,6 +43,7 @@ class DataConfig(_Strict):
     seed: int = 1
     plant: Literal["heave", "double_integrator"] = "heave"
     validation: int = Field(4, ge=0, description="held-out flights for the reported loss")
+    closed_loop: int = Field(6, ge=0, description="flights with the SNN in the loop (0 = open-loop fit only)")
 
 
 class CMAConfig(_Strict):
@@ -109,12 +110,15 @@ def _one_blas_thread():
 class Evaluator:
     """Holds the PID traces and evaluates genomes (a Ray actor, or used in-process)."""
 
-    def __init__(self, layout: dict, errors, commands, readout: str, ridge: float):
+    def __init__(self, layout: dict, errors, commands, readout: str, ridge: float, closed: dict | None = None):
+        from operators.control.pid import PID
         from operators.control.snn import Layout
 
         self.layout = Layout(**layout)
         self.errors, self.commands = np.asarray(errors), np.asarray(commands)
         self.readout, self.ridge = readout, ridge
+        self.closed = closed
+        self.pid_gains = PID(dt=self.layout.dt_s).g
 
     def evaluate(self, genomes: list) -> list[tuple[float, list]]:
         from operators.control.fit import evaluate
@@ -122,7 +126,8 @@ class Evaluator:
         with _one_blas_thread():
             out = []
             for g in genomes:
-                loss, w = evaluate(np.asarray(g), self.layout, self.errors, self.commands, self.readout, self.ridge)
+                loss, w = evaluate(np.asarray(g), self.layout, self.errors, self.commands, self.readout, self.ridge,
+                                   self.closed, self.pid_gains)
                 out.append((float(loss) if np.isfinite(loss) else 1e3, np.asarray(w).tolist()))
             return out
 
@@ -130,8 +135,8 @@ class Evaluator:
 class Pool:
     """Splits a population over `workers` Ray actors (or evaluates locally when 0)."""
 
-    def __init__(self, cfg: EvolveConfig, errors, commands):
-        args = (cfg.layout.model_dump(), errors, commands, cfg.readout, cfg.ridge)
+    def __init__(self, cfg: EvolveConfig, errors, commands, closed=None):
+        args = (cfg.layout.model_dump(), errors, commands, cfg.readout, cfg.ridge, closed)
         self.workers = cfg.workers
         self.started_ray = False
         if self.workers == 0:
@@ -145,7 +150,7 @@ class Pool:
         env = {"env_vars": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
         actor = ray.remote(num_cpus=1, runtime_env=env)(Evaluator)
         e_ref, c_ref = ray.put(errors), ray.put(commands)
-        self.actors = [actor.remote(args[0], e_ref, c_ref, cfg.readout, cfg.ridge) for _ in range(self.workers)]
+        self.actors = [actor.remote(args[0], e_ref, c_ref, cfg.readout, cfg.ridge, closed) for _ in range(self.workers)]
 
     def map(self, genomes: list[np.ndarray]) -> list[tuple[float, list]]:
         if self.workers == 0:
@@ -203,7 +208,12 @@ def evolve(cfg: EvolveConfig, resume: bool = True, progress: bool = True) -> dic
                  "config": cfg.model_dump(exclude={"cma": {"generations"}, "time_limit_s": True, "workers": True})}
     es = state["es"]
     start_gen = state["generation"]
-    pool = Pool(cfg, errors, commands)
+    closed = None
+    if d.closed_loop and cfg.readout == "lstsq":
+        from operators.control.fit import scenarios
+
+        closed = scenarios(d.closed_loop, d.duration_s, d.seed + 5_000, layout.dt_s, d.plant)
+    pool = Pool(cfg, errors, commands, closed)
     t0 = time.perf_counter()
     stopped = "generations"
     bar = None

@@ -11,8 +11,11 @@ the genome instead.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from operators.control.snn import Layout, SNNModel, decode, snn_features
+from operators.control.pid import pid_step
+from operators.control.plant import plant_step
+from operators.control.snn import Layout, SNNModel, decode, snn_core, snn_features
 
 
 def features(model: SNNModel, errors: np.ndarray) -> np.ndarray:
@@ -42,8 +45,20 @@ def fit_readout(X: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray
 
 
 def evaluate(genome: np.ndarray, layout: Layout, errors: np.ndarray, commands: np.ndarray,
-             readout: str = "lstsq", ridge: float = 1e-3) -> tuple[float, np.ndarray]:
-    """(loss, decoder weights) of one genome on the PID traces."""
+             readout: str = "lstsq", ridge: float = 1e-3, closed: dict | None = None,
+             pid_gains: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """(loss, decoder weights) of one genome on the PID traces.
+
+    With `closed` scenarios the loss is the closed-loop one plus half the open-loop one: a
+    genome that mimics PID on PID's own flights but drifts off once it flies itself loses.
+    """
+    if closed is not None:
+        loss, w = evaluate(genome, layout, errors, commands, readout, ridge)
+        if loss >= 1e3:
+            return loss, w
+        model = decode(np.asarray(genome)[: layout.size], layout, w)
+        cl, _ = closed_loop_loss(model, closed, pid_gains)
+        return cl + 0.5 * loss, w
     H = layout.hidden_size
     if readout == "evolve":
         core, w_out = genome[: layout.size], genome[layout.size :]
@@ -64,3 +79,86 @@ def build(genome: np.ndarray, layout: Layout, w_out: np.ndarray, meta: dict | No
     model = decode(np.asarray(genome)[: layout.size], layout, w_out)
     model.meta = dict(meta or {})
     return model
+
+
+# --- closed-loop fitness (DAgger-style: the PID shadows the SNN's own flight) ------------
+
+
+@njit(cache=True)
+def closed_loop_kernel(in_scale, enc_w, enc_b, w_hid, w_rec, hid_b, hid_c, decay, w_out,
+                       plants, z0, setpoints, noise, forces, gains, dt, substeps, u_max):
+    """Fly S scenarios with the SNN in the loop; a PID computes, but does not apply, its command.
+
+    Returns (u_snn, u_pid, z), each (S, T). The altimeter is simplified to one control period
+    of latency plus white noise, which keeps this a single compiled pass.
+    """
+    S, T = setpoints.shape
+    N, P = enc_w.shape
+    H = hid_b.shape[1]
+    u_snn = np.zeros((S, T))
+    u_pid = np.zeros((S, T))
+    zs = np.zeros((S, T))
+    w = w_out.ravel()
+    for s in range(S):
+        x = np.array([z0[s], 0.0, 0.0, 0.0, 0.0])
+        ps = np.zeros(4)
+        ie = np.zeros((N, 2 * P))
+        ve = np.zeros((N, 2 * P))
+        ih = np.zeros((N, H))
+        vh = np.zeros((N, H))
+        bh = np.zeros((N, H))
+        sh = np.zeros((N, H))
+        feat = np.zeros((N, H))
+        meas = z0[s]
+        for t in range(T):
+            sp = setpoints[s, t]
+            snn_core(sp - meas, in_scale, enc_w, enc_b, w_hid, w_rec, hid_b, hid_c, decay, ie, ve, ih, vh, bh, sh, feat)
+            u = 0.0
+            f = feat.ravel()
+            for k in range(f.shape[0]):
+                u += w[k] * f[k]
+            u = min(max(u, -u_max), u_max)
+            u_snn[s, t] = u
+            u_pid[s, t] = pid_step(ps, sp, meas, dt, gains)
+            plant_step(x, u, forces[s, t], dt, substeps, plants[s])
+            zs[s, t] = x[0]
+            meas = x[0] + noise[s, t]
+    return u_snn, u_pid, zs
+
+
+def scenarios(n: int, duration_s: float, seed: int, dt_s: float = 0.1, model: str = "heave") -> dict:
+    """Randomised plants, set points, sensor noise and gusts as arrays for `closed_loop_kernel`."""
+    from operators.control.plant import PlantParams, plant_vector
+    from operators.control.sim import profile
+
+    rng = np.random.default_rng(seed)
+    T = int(round(duration_s / dt_s))
+    plants, z0, sps = [], [], []
+    for i in range(n):
+        base = PlantParams(model=model)
+        p = base.model_copy(update={
+            "mass_kg": base.mass_kg * rng.uniform(0.8, 1.2),
+            "net_lift_n": rng.uniform(-0.06, 0.04),
+            "drag_lin_ns_per_m": base.drag_lin_ns_per_m * rng.uniform(0.5, 1.5),
+            "di_bias": rng.uniform(-0.15, 0.1),
+            "motor": base.motor.model_copy(update={"tau_s": rng.uniform(0.05, 0.2)}),
+        })
+        plants.append(plant_vector(p))
+        z0.append(p.z0_m)
+        sps.append(profile("random", duration_s, dt_s, seed=seed * 7919 + i))
+    return {
+        "plants": np.array(plants), "z0": np.array(z0), "setpoints": np.array(sps),
+        "noise": rng.normal(0, 0.01, (n, T)), "forces": rng.normal(0, 0.005, (n, T)),
+        "substeps": PlantParams().substeps, "dt": dt_s,
+    }
+
+
+def closed_loop_loss(model: SNNModel, sc: dict, pid_gains: np.ndarray, u_max: float = 3.3) -> tuple[float, np.ndarray]:
+    """The reference loss between the SNN's commands and the shadow PID's, in closed loop."""
+    m = model
+    u, up, z = closed_loop_kernel(m.in_scale, m.enc_w, m.enc_b, m.w_hid, m.w_rec, m.hid_b, m.hid_c, m.decay, m.w_out,
+                                  sc["plants"], sc["z0"], sc["setpoints"], sc["noise"], sc["forces"], pid_gains,
+                                  sc["dt"], sc["substeps"], u_max)
+    if not np.all(np.isfinite(u)):
+        return 1e3, z
+    return loss_of(u, up), z

@@ -1,0 +1,89 @@
+"""CMA-ES evolution of the blimp SNN: a tiny run, checkpoint and resume, Ray workers, config errors."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster.evolution import EvolveConfig, evolve, load_config, register
+from operators.control.snn import SNNModel
+from pipeline.errors import ConfigError, DataError
+
+CONFIG = Path(__file__).parents[2] / "configs" / "blimp_evolve.yaml"
+
+
+def tiny(tmp_path, **kw) -> EvolveConfig:
+    base = {
+        "layout": {"pairs": 2, "hidden_size": 4},
+        "data": {"trajectories": 2, "duration_s": 8, "validation": 1, "closed_loop": 1},
+        "cma": {"popsize": 4, "generations": 2, "seed": 3},
+        "workers": 0,
+        "checkpoint": str(tmp_path / "ck.pkl"),
+        "checkpoint_every": 1,
+        "out": str(tmp_path / "model.json"),
+    }
+    for k, v in kw.items():
+        base[k] = base[k] | v if isinstance(v, dict) else v
+    return EvolveConfig(**base)
+
+
+def test_two_generations_then_resume(tmp_path):
+    report = evolve(tiny(tmp_path), progress=False)
+    assert report["generations"] == 2 and report["evaluations"] == 8
+    assert np.isfinite(report["train_loss"]) and np.isfinite(report["validation_loss"])
+    state = pickle.loads((tmp_path / "ck.pkl").read_bytes())
+    assert state["generation"] == 2 and len(state["history"]) == 2
+    model = SNNModel.load(tmp_path / "model.json")
+    assert model.pairs == 2 and model.hidden_size == 4 and model.meta["generations"] == 2
+
+    resumed = evolve(tiny(tmp_path, cma={"generations": 3}), progress=False)
+    assert resumed["generations"] == 3 and resumed["evaluations"] == 12  # continued, not restarted
+    assert resumed["train_loss"] <= report["train_loss"]
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    evolve(tiny(tmp_path, cma={"generations": 1}), progress=False)
+    with pytest.raises(DataError, match="different config"):
+        evolve(tiny(tmp_path, layout={"pairs": 3}), progress=False)
+    fresh = evolve(tiny(tmp_path, layout={"pairs": 3}, cma={"generations": 1}), resume=False, progress=False)
+    assert fresh["generations"] == 1
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_fitness_on_two_ray_workers_matches_in_process(tmp_path, ray_cluster):
+    local = evolve(tiny(tmp_path / "a", cma={"generations": 1}), progress=False)
+    remote = evolve(tiny(tmp_path / "b", cma={"generations": 1}, workers=2), progress=False)
+    assert remote["train_loss"] == pytest.approx(local["train_loss"])
+    assert ray_cluster.is_initialized()  # a cluster we did not start is left running
+
+
+def test_shipped_config_loads_and_bad_values_are_named(tmp_path):
+    cfg = load_config(CONFIG)
+    assert cfg.workers == 2 and cfg.layout.hidden == "adaptive"
+    with pytest.raises(ConfigError, match="popsize"):
+        load_config(CONFIG, ["cma.popsize=1"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(CONFIG, ["mutation_rate=0.1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nnodes: {}\n")
+    with pytest.raises(ConfigError, match="evolve:"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="budget"):
+        evolve(tiny(tmp_path, layout={"pairs": 30, "hidden_size": 60}), progress=False)
+
+
+def test_cli_registers_evolve():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["evolve", str(CONFIG), "--generations", "1", "--workers", "0", "--fresh"])
+    assert args.generations == 1 and args.fresh and callable(args.func)
