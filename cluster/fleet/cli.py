@@ -54,6 +54,14 @@ def register(subparsers) -> None:
         _common(p)
         p.set_defaults(func=cmd_admin, op=name)
 
+    p = sub.add_parser("offload", help="serve one pipeline stage to robots' `offload` nodes")
+    _common(p, manager=False)
+    p.add_argument("--bind", default="tcp://127.0.0.1:5700")
+    p.add_argument("--op", required=True, help="registry name of the stage's operator")
+    p.add_argument("--params", default="{}", help="its params as JSON")
+    p.add_argument("--ray", action="store_true", help="run the stage in a Ray actor")
+    p.set_defaults(func=cmd_offload)
+
     p = sub.add_parser("stop", help="put robots into their safe state and stop their loops")
     _common(p)
     p.add_argument("--to", default="all")
@@ -75,6 +83,24 @@ def cmd_serve(args) -> int:
                                f"telemetry -> {Path(args.out) / 'telemetry'}")
     try:
         mgr.serve(stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+def cmd_offload(args) -> int:
+    import json
+
+    from cluster.fleet.offload import serve_offload
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        params = json.loads(args.params)
+    except ValueError as exc:
+        raise ConfigError(f"--params is not JSON: {exc}") from None
+    try:
+        print(serve_offload(args.bind, args.keys, args.op, params, stop=stop, ray=args.ray))
     except KeyboardInterrupt:
         stop.set()
     return 0

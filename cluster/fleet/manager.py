@@ -16,6 +16,7 @@ import logging
 import math
 import threading
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class Manager:
         self.recording: FleetRecording | None = None
         self.ready = threading.Event()
         self.cpu_s = 0.0
+        self.delay_ms = array("f")  # every delivery delay, fleet-wide (capped), for p99 reports
 
     # -- the loop ------------------------------------------------------------------
     def serve(self, stop: threading.Event | None = None) -> dict:
@@ -259,7 +261,10 @@ class Manager:
             self.counters["bad_schema"] += 1
             return
         t_us = batch.column(0)[0].as_py()
-        rec.delays.add(max(time.time_ns() - t_us * 1000, 0))
+        delay = max(time.time_ns() - t_us * 1000, 0)
+        rec.delays.add(delay)
+        if len(self.delay_ms) < 5_000_000:
+            self.delay_ms.append(delay / 1e6)
         self.recording.write(f"{rec.name}.telemetry", batch, seq, t_us * 1000)
         rec.received += 1
 
@@ -350,8 +355,16 @@ class Manager:
     # -- reports -------------------------------------------------------------------
     def report(self, now: float | None = None) -> dict:
         now = time.monotonic() if now is None else now
+        delays = {}
+        if len(self.delay_ms):
+            import numpy as np
+
+            d = np.frombuffer(self.delay_ms, dtype=np.float32)
+            delays = {"n": int(d.size), "p50_ms": round(float(np.percentile(d, 50)), 3),
+                      "p99_ms": round(float(np.percentile(d, 99)), 3), "max_ms": round(float(d.max()), 3)}
         return {"agents": [r.row(now) for r in sorted(self.agents.values(), key=lambda r: r.name)],
-                "counters": dict(self.counters), "rollout": self.rollout,
+                "counters": dict(self.counters), "rollout": self.rollout, "delivery": delays,
+                "cpu_s": round(time.process_time(), 3),
                 "events": [e[1] for e in self.events[-20:]]}
 
     def _write_status(self, now: float) -> None:
