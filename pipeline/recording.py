@@ -23,8 +23,10 @@ import base64
 import json
 import logging
 import os
+import queue
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +91,8 @@ class RecordParams(Params):
     rotate_mb: float | None = Field(None, gt=0, description="start a new file past this size")
     rotate_s: float | None = Field(None, gt=0, description="start a new file past this much sensor time")
     overwrite: bool = Field(False, description="replace an existing recording in `dir`")
+    background: bool = Field(True, description="write from a thread, off the pipeline's path")
+    queue_batches: int = Field(64, ge=1, description="batches queued for the writer thread; a SIGKILL loses at most these")
 
 
 class _Track:
@@ -143,6 +147,7 @@ class Record(Operator):
         self._tracks: dict[str, _Track] = {}
         self._folder: Path | None = None
         self._manifest: dict = {}
+        self._queue = self._thread = self._error = None
 
     def schemas(self, inputs):
         self._schemas = {self._stream_of[p]: sch.unstamp(s) for p, s in inputs.items()}
@@ -179,6 +184,11 @@ class Record(Operator):
             if track.schema is not None:
                 self._open(track)
         self._write_manifest()
+        self._error = None
+        if self.params.background:
+            self._queue = queue.Queue(maxsize=self.params.queue_batches)
+            self._thread = threading.Thread(target=self._drain, name=f"record:{self.params.dir}", daemon=True)
+            self._thread.start()
 
     def _write_manifest(self) -> None:
         self._manifest["streams"] = {s: t.summary() for s, t in self._tracks.items()}
@@ -208,22 +218,16 @@ class Record(Operator):
             track.writer = track.sink = None
 
     def process(self, port, batch, header=None):
+        if self._error is not None:
+            raise self._error
         track = self._tracks[self._stream_of[port]]
         if track.schema is None:
             track.schema = sch.unstamp(batch.schema)
         t_idx = batch.schema.get_field_index("t")
         t0 = t1 = None
         if t_idx >= 0 and batch.num_rows:
-            t = batch.column(t_idx)
-            t0, t1 = t[0].as_py(), t[len(t) - 1].as_py()
-        if track.writer is None:
-            self._open(track)
-            self._write_manifest()
-        elif self._rotate_due(track, t0):
-            self._open(track)
-            self._write_manifest()
-        if track.seg_t0 is None:
-            track.seg_t0 = t0
+            t = batch.column(t_idx).to_numpy()
+            t0, t1 = int(t[0]), int(t[-1])
         meta = None
         if header is not None:
             meta = {"seq": str(header.seq), "ingest_ns": str(header.ingest_ns)}
@@ -232,15 +236,41 @@ class Record(Operator):
             if track.first_seq is None:
                 track.first_seq = header.seq
             track.last_seq = header.seq
-        try:
-            track.writer.write_batch(batch, custom_metadata=meta)
-        except pa.ArrowInvalid as exc:
-            raise DataError(f"stream '{track.stream}' changed schema mid-recording: {exc}") from None
         track.batches += 1
         track.rows += batch.num_rows
         if t0 is not None:
             track.t_start = t0 if track.t_start is None else min(track.t_start, t0)
             track.t_end = t1 if track.t_end is None else max(track.t_end, t1)
+        if self._queue is not None:
+            self._queue.put((track, batch, meta, t0))  # blocks when the disk falls behind: lossless
+        else:
+            self._write(track, batch, meta, t0)
+
+    def _write(self, track: _Track, batch: pa.RecordBatch, meta: dict | None, t0: int | None) -> None:
+        if track.writer is None or self._rotate_due(track, t0):
+            self._open(track)
+            self._write_manifest()
+        if track.seg_t0 is None:
+            track.seg_t0 = t0
+        try:
+            track.writer.write_batch(batch, custom_metadata=meta)
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"stream '{track.stream}' changed schema mid-recording: {exc}") from None
+
+    def _drain(self) -> None:
+        """The writer thread: writes queued batches in order; keeps the first error for `process`."""
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # keep draining so the pipeline never blocks on a dead writer
+            try:
+                self._write(*item)
+            except DataError as exc:
+                self._error = exc
+            except Exception as exc:  # disk full, permissions changed under us
+                self._error = DataError(f"recording into '{self.params.dir}' failed: {exc}")
 
     def _rotate_due(self, track: _Track, t0: int | None) -> bool:
         p = self.params
@@ -253,6 +283,10 @@ class Record(Operator):
     def close(self):
         if self._folder is None:
             return
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = self._thread = None
         for track in self._tracks.values():
             if track.writer is None and track.schema is not None:
                 self._open(track)  # an empty stream still gets a file with its schema
@@ -261,6 +295,8 @@ class Record(Operator):
         self._manifest["ended"] = _now()
         self._write_manifest()
         self._folder = None
+        if self._error is not None:
+            raise self._error
 
     def result(self):
         return {

@@ -79,6 +79,8 @@ class Replay(Source):
         t0, t1 = rec.time_range(list(self.ports.values()))
         start = None if t0 is None else t0 + int(round(self.params.start_s * 1e6))
         period = 0 if t0 is None else (t1 - start + 1)
+        if not self.params.start_s:
+            start = None  # from the first batch: nothing to skip or slice
         offset = 0
         while True:
             played = 0
@@ -92,6 +94,11 @@ class Replay(Source):
     def _merged(self, rec: Recording, start: int | None):
         """(port, batch) of every selected stream, in sensor-time order (ties: stream order)."""
         iters = [(port, _from(rec.batches(stream), start)) for port, stream in self.ports.items()]
+        if len(iters) == 1:  # nothing to merge: no per-batch timestamp lookups
+            port, it = iters[0]
+            for batch in it:
+                yield port, batch
+            return
         heap = []
         last = [-(2**63)] * len(iters)
         for rank, (_port, it) in enumerate(iters):

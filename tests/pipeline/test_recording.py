@@ -171,18 +171,21 @@ def test_a_recording_of_frames_and_empty_streams_round_trips(tmp_path):
 
 CHILD = textwrap.dedent("""
     import sys
+    import pipeline.builtins, pipeline.operator
+    pipeline.operator._plugins_loaded = True  # builtins suffice: skip importing every operator family
     from pipeline import Graph, run
     g = Graph("crash")
     g.add("cam", "synthetic", duration_s=60.0, rate_hz=100_000, batch_items=1000, pacing="realtime")
     g.add("n", "count_sink", inputs={"in": "cam.out"})
-    g.tap(["cam.out"], sys.argv[1])
+    g.tap(["cam.out"], sys.argv[1], background=sys.argv[2] == "bg")
     run(g)
 """)
 
 
-def test_sigkilled_recorder_leaves_a_readable_recording(tmp_path):
+@pytest.mark.parametrize("mode", ["bg", "sync"])
+def test_sigkilled_recorder_leaves_a_readable_recording(tmp_path, mode):
     folder = tmp_path / "r"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(folder)])
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), mode])
     try:
         deadline = time.time() + 60
         f = folder / "cam.out.arrow"
@@ -272,6 +275,19 @@ def test_recording_twice_into_one_folder_is_refused(tmp_path):
     with pytest.raises(Exception, match="already holds a recording"):
         _record_synthetic(tmp_path / "r")
     _record_synthetic(tmp_path / "r", overwrite=True)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_stream_that_changes_schema_mid_recording_fails_clearly(tmp_path, background):
+    a = sch.events_batch([0, 1], [0, 1], [0, 1], [True, False], sch.events_schema(8, 8))
+    b = sch.spikes_batch([2, 3], [0, 1], sch.spikes_schema("p", 4))
+    g = Graph("bad")
+    g.add("src", ListSource.of([a, b, a]))
+    g.add("n", "count_sink", inputs={"in": "src.out"})
+    g.tap(["src.out"], tmp_path / "r", background=background)
+    with pytest.raises(Exception, match="stream 'src.out' changed schema mid-recording"):
+        run(g)
+    assert Recording(tmp_path / "r").table("src.out").num_rows == 2  # what came before is kept
 
 
 def test_replaying_a_stream_the_recording_lacks(tmp_path):
