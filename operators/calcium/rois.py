@@ -1,0 +1,291 @@
+"""ROI traces and dF/F: from given masks, or from masks found on a warm-up period.
+
+Masks found on warm-up follow CaImAn's seeding idea: the local correlation image of the
+high-passed warm-up movie marks somata; seeds are taken in decreasing correlation and
+grown to the nearby pixels whose trace correlates with the seed's. Each trace is the
+mask mean minus `neuropil` times the mean of a surrounding annulus.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from operators.calcium.kernels import local_correlation, roi_means, window_percentile
+from pipeline import schemas as sch
+from pipeline.errors import DataError, SchemaError
+from pipeline.operator import Operator, Params, register
+
+
+def load_masks(path: str, shape: tuple[int, int], where: str) -> np.ndarray:
+    """(n, h, w) bool masks from a .npy of stacked masks or of a label image (0 = none)."""
+    try:
+        arr = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"{where}: cannot read masks '{path}': {exc}") from None
+    if arr.ndim == 2:
+        labels = arr.astype(np.int64)
+        ids = [i for i in np.unique(labels) if i > 0]
+        arr = np.stack([labels == i for i in ids]) if ids else np.zeros((0,) + arr.shape, bool)
+    if arr.ndim != 3 or tuple(arr.shape[1:]) != tuple(shape):
+        raise SchemaError(f"{where}: masks '{path}' have shape {arr.shape[1:] if arr.ndim == 3 else arr.shape}, the frames are {tuple(shape)}: masks outside the field of view")
+    arr = arr.astype(bool)
+    empty = np.flatnonzero(arr.reshape(len(arr), -1).sum(1) == 0)
+    if empty.size:
+        raise SchemaError(f"{where}: masks '{path}' has empty mask(s) {empty[:5].tolist()}")
+    return arr
+
+
+def circle_masks(circles, shape: tuple[int, int], where: str) -> np.ndarray:
+    """Masks from [y, x, radius] circles; a circle leaving the frame is an error."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for i, (cy, cx, r) in enumerate(circles):
+        if cy - r < 0 or cx - r < 0 or cy + r > h - 1 or cx + r > w - 1:
+            raise SchemaError(f"{where}: rois[{i}] = [{cy}, {cx}, {r}] lies outside the {h}x{w} field of view")
+        out.append((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
+    return np.array(out, bool).reshape(len(out), h, w)
+
+
+def find_masks(movie: np.ndarray, n_rois: int, radius_px: float, min_corr: float = 0.2, grow_corr: float = 0.4) -> np.ndarray:
+    """Up to `n_rois` soma masks from a (t, h, w) warm-up movie (see module docstring)."""
+    from scipy.ndimage import uniform_filter1d
+
+    movie = np.asarray(movie, np.float32)
+    hp = movie - uniform_filter1d(movie, size=min(31, len(movie)), axis=0)
+    cn = local_correlation(np.ascontiguousarray(hp))
+    t, h, w = hp.shape
+    z = hp - hp.mean(0)
+    z /= np.sqrt((z**2).mean(0)) + 1e-9
+    taken = np.zeros((h, w), bool)
+    yy, xx = np.mgrid[0:h, 0:w]
+    r_grow = int(np.ceil(1.6 * radius_px))
+    masks = []
+    for flat in np.argsort(cn, axis=None)[::-1]:
+        if len(masks) == n_rois or cn.flat[flat] < min_corr:
+            break
+        cy, cx = divmod(int(flat), w)
+        if taken[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2].any():
+            continue
+        y0, y1 = max(cy - 1, 0), min(cy + 2, h)
+        x0, x1 = max(cx - 1, 0), min(cx + 2, w)
+        seed = z[:, y0:y1, x0:x1].mean(axis=(1, 2))
+        seed = (seed - seed.mean()) / (seed.std() + 1e-9)
+        win = (slice(max(cy - r_grow, 0), min(cy + r_grow + 1, h)), slice(max(cx - r_grow, 0), min(cx + r_grow + 1, w)))
+        corr = np.tensordot(seed, z[:, win[0], win[1]], axes=(0, 0)) / t
+        near = (yy[win] - cy) ** 2 + (xx[win] - cx) ** 2 <= r_grow**2
+        grown = (corr > grow_corr) & near & ~taken[win]
+        if grown.sum() < max(4, 0.25 * np.pi * radius_px**2):
+            taken[cy, cx] = True
+            continue
+        m = np.zeros((h, w), bool)
+        m[win] = grown
+        masks.append(m)
+        # keep later seeds off this soma and its rim
+        from scipy.ndimage import binary_dilation
+
+        taken |= binary_dilation(m, iterations=2)
+    return np.array(masks, bool).reshape(len(masks), h, w)
+
+
+def _csr(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = masks.reshape(len(masks), -1)
+    idx = [np.flatnonzero(m) for m in flat]
+    ptr = np.zeros(len(idx) + 1, np.int64)
+    ptr[1:] = np.cumsum([len(i) for i in idx])
+    return (np.concatenate(idx).astype(np.int64) if idx else np.zeros(0, np.int64)), ptr
+
+
+def annuli(masks: np.ndarray, gap_px: int = 2, width_px: int = 6) -> np.ndarray:
+    """Neuropil annuli: a ring around each mask that avoids every mask."""
+    from scipy.ndimage import binary_dilation
+
+    if len(masks) == 0:
+        return masks
+    blocked = binary_dilation(masks.any(0), iterations=gap_px)
+    rings = np.zeros_like(masks)
+    for k, m in enumerate(masks):
+        inner = binary_dilation(m, iterations=gap_px)
+        rings[k] = binary_dilation(inner, iterations=width_px) & ~inner & ~blocked
+    return rings
+
+
+@register
+class RoiTraces(Operator):
+    """Per-ROI fluorescence traces (neuropil-corrected) from corrected frames."""
+
+    name = "calcium_traces"
+    inputs = {"in": "frames"}
+    outputs = {"out": "samples"}
+
+    class Params(Params):
+        masks: str | None = Field(None, description=".npy masks (n,h,w) or label image (h,w)")
+        rois: list[tuple[float, float, float]] | None = Field(None, description="[y, x, radius] circles")
+        n_rois: int | None = Field(None, ge=1, description="ROIs to find on warm-up (when no masks)")
+        warmup_frames: int = Field(450, ge=10)
+        radius_px: float = Field(4.0, gt=1)
+        min_corr: float = 0.2
+        neuropil: float = Field(0.7, ge=0, le=1.5)
+        rate_hz: float = Field(30.0, gt=0)
+        save_masks: str | None = Field(None, description="write the masks in use here (.npy)")
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        p = self.params
+        given = sum(x is not None for x in (p.masks, p.rois))
+        if given > 1:
+            raise ValueError("give either 'masks' or 'rois', not both")
+        if given == 0 and p.n_rois is None:
+            raise ValueError("give 'masks', 'rois', or 'n_rois' to find that many ROIs on warm-up")
+        self.masks = None
+
+    def _given(self, shape):
+        p = self.params
+        if p.masks is not None:
+            return load_masks(p.masks, shape, self.node)
+        if p.rois is not None:
+            return circle_masks(p.rois, shape, self.node)
+        return None
+
+    def schemas(self, inputs):
+        shape = tuple(sch.fact(inputs["in"], "shape") or ())
+        if len(shape) != 2:
+            raise SchemaError(f"{self.node}: expects 2-D frames, got shape {shape}")
+        masks = self._given(shape)
+        n = len(masks) if masks is not None else self.params.n_rois
+        return {"out": sch.samples_schema([f"roi{i}" for i in range(n)], self.params.rate_hz, "a.u.")}
+
+    def setup(self):
+        self._schema = None
+        self.buffer: list[tuple[np.ndarray, np.ndarray]] = []
+        self.found = None
+
+    def _init(self, shape):
+        """On the first batch: the output schema and, when given, the masks."""
+        self._schema = self.schemas({"in": sch.frames_schema(shape)})["out"]
+        self.n_out = len(self._schema) - 1
+        masks = self._given(shape)
+        if masks is not None:
+            self._use(masks)
+
+    def _use(self, masks):
+        self.masks = masks
+        if self.params.save_masks:
+            np.save(self.params.save_masks, masks)
+        self.idx, self.ptr = _csr(masks)
+        self.nidx, self.nptr = _csr(annuli(masks))
+        self._f = np.zeros(len(masks))
+        self._np = np.zeros(len(masks))
+
+    def traces(self, frames: np.ndarray) -> np.ndarray:
+        n = len(self.masks)
+        out = np.zeros((len(frames), self.n_out), np.float32)
+        for i, fr in enumerate(frames):
+            flat = fr.reshape(-1)
+            roi_means(flat, self.idx, self.ptr, self._f)
+            roi_means(flat, self.nidx, self.nptr, self._np)
+            out[i, :n] = self._f - self.params.neuropil * self._np
+        return out
+
+    def process(self, port, batch):
+        t = sch.column(batch, "t")
+        frames = sch.frames_view(batch)
+        if self._schema is None:
+            self._init(frames.shape[1:])
+        if self.masks is None:
+            self.buffer.append((t.copy(), frames.copy()))
+            if sum(len(b[0]) for b in self.buffer) < self.params.warmup_frames:
+                return None
+            return self._detect()
+        return sch.samples_batch(t, self.traces(frames), self._schema)
+
+    def _detect(self):
+        t = np.concatenate([b[0] for b in self.buffer])
+        movie = np.concatenate([b[1] for b in self.buffer])
+        self.buffer = []
+        masks = find_masks(movie, self.params.n_rois, self.params.radius_px, self.params.min_corr)
+        if len(masks) == 0:
+            raise DataError(f"{self.node}: found no ROI in {len(movie)} warm-up frames (min_corr {self.params.min_corr})")
+        self.found = len(masks)  # channels past `found` stay 0
+        self._use(masks)
+        return sch.samples_batch(t, self.traces(movie), self._schema)
+
+    def finish(self):
+        if self.masks is None and self.buffer:
+            return self._detect()
+        return None
+
+
+@register
+class DeltaFOverF(Operator):
+    """dF/F with a running-percentile baseline F0 over a sliding window."""
+
+    name = "calcium_dff"
+    inputs = {"in": "samples"}
+    outputs = {"out": "samples"}
+
+    class Params(Params):
+        window_frames: int = Field(300, ge=10)
+        percentile: float = Field(8.0, ge=0, le=100)
+        update_every: int = Field(10, ge=1, description="recompute F0 every this many frames")
+        min_frames: int = Field(60, ge=2, description="frames held back to form the first F0")
+        min_f0: float = Field(1e-3, gt=0, description="floor of F0 (guards dim or empty ROIs)")
+
+    def schemas(self, inputs):
+        return {"out": inputs["in"]}
+
+    def setup(self):
+        self.ring = None
+        self.filled = 0
+        self.pos = 0
+        self.count = 0
+        self.f0 = None
+        self.held: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def _push(self, x):
+        self.ring[self.pos] = x
+        self.pos = (self.pos + 1) % len(self.ring)
+        self.filled = min(self.filled + 1, len(self.ring))
+        self.count += 1
+        if self.f0 is None or self.count % self.params.update_every == 0:
+            window_percentile(self.ring, self.filled, self.params.percentile, self.f0)
+
+    def process(self, port, batch):
+        t = sch.column(batch, "t")
+        data = np.column_stack([sch.column(batch, f.name) for f in batch.schema if f.name != "t"]).astype(np.float64)
+        self._schema = batch.schema
+        if self.ring is None:
+            self.ring = np.zeros((self.params.window_frames, data.shape[1]))
+            self.f0 = np.zeros(data.shape[1])
+        if np.isnan(data).any():
+            raise DataError(f"{self.node}: NaN in the traces at t={int(t[np.isnan(data).any(1)][0])} µs; correct NaN frames upstream (calcium_motion on_nan: fill)")
+        if self.count < self.params.min_frames:
+            for row in data:
+                self.ring[self.pos] = row
+                self.pos = (self.pos + 1) % len(self.ring)
+                self.filled = min(self.filled + 1, len(self.ring))
+                self.count += 1
+            self.held.append((t, data))
+            if self.count < self.params.min_frames:
+                return None
+            window_percentile(self.ring, self.filled, self.params.percentile, self.f0)
+            t = np.concatenate([h[0] for h in self.held])
+            data = np.concatenate([h[1] for h in self.held])
+            self.held = []
+            out = (data - self.f0) / np.maximum(self.f0, self.params.min_f0)
+            return sch.samples_batch(t, out, batch.schema)
+        out = np.empty_like(data)
+        for i, row in enumerate(data):
+            self._push(row)
+            out[i] = (row - self.f0) / np.maximum(self.f0, self.params.min_f0)
+        return sch.samples_batch(t, out, batch.schema)
+
+    def finish(self):
+        if self.held:
+            window_percentile(self.ring, self.filled, self.params.percentile, self.f0)
+            t = np.concatenate([h[0] for h in self.held])
+            data = np.concatenate([h[1] for h in self.held])
+            self.held = []
+            return sch.samples_batch(t, (data - self.f0) / np.maximum(self.f0, self.params.min_f0), self._schema)
+        return None

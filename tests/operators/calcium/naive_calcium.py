@@ -1,0 +1,73 @@
+"""Slow, obviously correct twins of the calcium kernels (used only by the tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def shift_bilinear(frame, dy, dx):
+    h, w = frame.shape
+    out = np.zeros_like(frame, dtype=np.float64)
+    for y in range(h):
+        for x in range(w):
+            sy, sx = y + dy, x + dx
+            y0, x0 = int(np.floor(sy)), int(np.floor(sx))
+            ay, ax = sy - y0, sx - x0
+
+            def px(a, b):
+                return frame[min(max(a, 0), h - 1), min(max(b, 0), w - 1)]
+
+            out[y, x] = (1 - ay) * ((1 - ax) * px(y0, x0) + ax * px(y0, x0 + 1)) + ay * ((1 - ax) * px(y0 + 1, x0) + ax * px(y0 + 1, x0 + 1))
+    return out
+
+
+def roi_means(frame, masks):
+    return np.array([frame[m].mean() for m in masks])
+
+
+def local_correlation(movie):
+    t, h, w = movie.shape
+    out = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            cs = []
+            for oy in (-1, 0, 1):
+                for ox in (-1, 0, 1):
+                    yy, xx = y + oy, x + ox
+                    if (oy or ox) and 0 <= yy < h and 0 <= xx < w:
+                        cs.append(np.corrcoef(movie[:, y, x], movie[:, yy, xx])[0, 1])
+            out[y, x] = np.mean(cs)
+    return out
+
+
+def window_percentile(ring, filled, q):
+    return np.array([np.sort(ring[:filled, k])[int(round(q / 100 * (filled - 1)))] for k in range(ring.shape[1])])
+
+
+def affinity(x, power):
+    c = np.corrcoef(x.T)
+    c = np.where(c > 0, c, 0.0) ** power
+    np.fill_diagonal(c, 0)
+    return c
+
+
+def oasis_ar1_offline(y, g, smin):
+    """Offline OASIS AR(1) with a minimum spike size, written as plainly as possible:
+    pools [value, weight, start, length]; merge backwards while a spike would be < smin."""
+    pools = []
+    for t, v in enumerate(y):
+        pools.append([float(v), 1.0, t, 1])
+        while len(pools) > 1:
+            a, b = pools[-2], pools[-1]
+            ga = g ** a[3]
+            if b[0] >= ga * a[0] + smin:
+                break
+            w = a[1] + b[1] * ga * ga
+            pools[-2] = [(a[0] * a[1] + b[0] * b[1] * ga) / w, w, a[2], a[3] + b[3]]
+            pools.pop()
+        if len(pools) == 1 and pools[0][0] < 0:
+            pools[0][0] = 0.0
+    s = np.zeros(len(y))
+    for i in range(1, len(pools)):
+        s[pools[i][2]] = pools[i][0] - g ** pools[i - 1][3] * pools[i - 1][0]
+    return s
