@@ -32,7 +32,8 @@ CONST, NORMAL, UNIFORM = 0, 1, 2
 # population table columns (float64)
 P_MODEL, P_LO, P_N, P_P22, P_P21E, P_P21I, P_DECE, P_DECI, P_VREST, P_VTH, P_VRESET, P_REF = range(12)
 P_EXTLAM, P_EXTW, P_EXTCH, P_EE, P_EI, P_TAUM, P_DT, P_RATEP, P_V0LO, P_V0HI = range(12, 22)
-POP_COLS = 22
+P_GE0LO, P_GE0HI, P_GI0LO, P_GI0HI = range(22, 26)
+POP_COLS = 26
 
 # projection table columns (float64)
 (J_PRELO, J_PREN, J_POSTLO, J_POSTN, J_RULE, J_RP, J_WD, J_WA, J_WB, J_DD, J_DA, J_DB, J_CH,
@@ -194,13 +195,15 @@ def build_csr(projs, lo, hi, n_global, seed, dt, max_row):
 
 
 @njit(cache=True, nogil=True)
-def init_neurons(pops, pidx, lo, seed, v, rng):
-    """Initial membrane potentials (uniform in [v0_lo, v0_hi]) and per-neuron streams."""
+def init_neurons(pops, pidx, lo, seed, v, ge, gi, rng):
+    """Initial v, g_e, g_i (each uniform in its range) and the per-neuron random streams."""
     for i in range(v.shape[0]):
         g = lo + i
         rng[i] = stream_seed(seed, 1, g)
         row = pops[pidx[i]]
         v[i] = row[P_V0LO] + (row[P_V0HI] - row[P_V0LO]) * next_uniform(rng, i)
+        ge[i] = row[P_GE0LO] + (row[P_GE0HI] - row[P_GE0LO]) * next_uniform(rng, i)
+        gi[i] = row[P_GI0LO] + (row[P_GI0HI] - row[P_GI0LO]) * next_uniform(rng, i)
 
 
 @njit(cache=True, nogil=True)
@@ -228,62 +231,74 @@ def advance(pops, pidx, lo, step0, n_steps, v, ge, gi, refr, rng, buf, src_steps
     One step t -> t+1: exact propagation of the linear sub-threshold dynamics (CUBA,
     delta synapses; exponential Euler at frozen conductance for COBA), then the input
     arriving at t+1 from the ring buffer and the external Poisson drive, then threshold,
-    reset and refractoriness. A spike is stamped with step t+1.
+    reset and refractoriness. A spike is stamped with step t+1. Populations are contiguous
+    index ranges, so each is updated in its own loop with its parameters held in registers.
     """
     ring = buf.shape[0]
     n = v.shape[0]
+    hi = lo + n
     count = 0
     for t in range(step0, step0 + n_steps):
         slot = (t + 1) % ring
-        for i in range(n):
-            row = pops[pidx[i]]
+        for r in range(pops.shape[0]):
+            row = pops[r]
+            a = max(lo, int(row[P_LO])) - lo
+            b = min(hi, int(row[P_LO] + row[P_N])) - lo
+            if a >= b:
+                continue
             model = int(row[P_MODEL])
-            spiked = False
             if model == POISSON:
-                spiked = next_uniform(rng, i) < row[P_RATEP]
-            elif model == SPIKE_SOURCE:
-                pass
-            else:
+                p_spike = row[P_RATEP]
+                for i in range(a, b):
+                    if next_uniform(rng, i) < p_spike:
+                        out_steps[count] = t + 1
+                        out_neurons[count] = lo + i
+                        count += 1
+                continue
+            if model == SPIKE_SOURCE:
+                continue
+            p22, p21e, p21i = row[P_P22], row[P_P21E], row[P_P21I]
+            dece, deci, vrest, vth, vreset = row[P_DECE], row[P_DECI], row[P_VREST], row[P_VTH], row[P_VRESET]
+            ref, lam, extw, ext_inh = int(row[P_REF]), row[P_EXTLAM], row[P_EXTW], row[P_EXTCH] > 0.5
+            e_e, e_i, dt_tau = row[P_EE], row[P_EI], row[P_DT] / row[P_TAUM]
+            for i in range(a, b):
                 in_e = buf[slot, 0, i]
                 in_i = buf[slot, 1, i]
                 buf[slot, 0, i] = 0.0
                 buf[slot, 1, i] = 0.0
-                n_ext = poisson_draw(rng, i, row[P_EXTLAM])
-                ext = n_ext * row[P_EXTW]
-                if row[P_EXTCH] > 0.5:
-                    in_i += ext
-                else:
-                    in_e += ext
+                if lam > 0.0:
+                    ext = poisson_draw(rng, i, lam) * extw
+                    if ext_inh:
+                        in_i += ext
+                    else:
+                        in_e += ext
                 if model == LIF_CUBA:
                     if refr[i] > 0:
                         refr[i] -= 1
                     else:
-                        v[i] = row[P_VREST] + (v[i] - row[P_VREST]) * row[P_P22] + ge[i] * row[P_P21E] \
-                            + gi[i] * row[P_P21I]
-                    ge[i] = ge[i] * row[P_DECE] + in_e
-                    gi[i] = gi[i] * row[P_DECI] + in_i
+                        v[i] = vrest + (v[i] - vrest) * p22 + ge[i] * p21e + gi[i] * p21i
+                    ge[i] = ge[i] * dece + in_e
+                    gi[i] = gi[i] * deci + in_i
                 elif model == LIF_COBA:
                     if refr[i] > 0:
                         refr[i] -= 1
                     else:
                         gtot = 1.0 + ge[i] + gi[i]
-                        vinf = (row[P_VREST] + ge[i] * row[P_EE] + gi[i] * row[P_EI]) / gtot
-                        v[i] = vinf + (v[i] - vinf) * math.exp(-row[P_DT] * gtot / row[P_TAUM])
-                    ge[i] = ge[i] * row[P_DECE] + in_e
-                    gi[i] = gi[i] * row[P_DECI] + in_i
+                        vinf = (vrest + ge[i] * e_e + gi[i] * e_i) / gtot
+                        v[i] = vinf + (v[i] - vinf) * math.exp(-dt_tau * gtot)
+                    ge[i] = ge[i] * dece + in_e
+                    gi[i] = gi[i] * deci + in_i
                 else:  # LIF_DELTA: the input is a jump of the membrane potential
                     if refr[i] > 0:
                         refr[i] -= 1
                     else:
-                        v[i] = row[P_VREST] + (v[i] - row[P_VREST]) * row[P_P22] + in_e + in_i
-                if refr[i] == 0 and v[i] >= row[P_VTH]:
-                    spiked = True
-                    v[i] = row[P_VRESET]
-                    refr[i] = int(row[P_REF])
-            if spiked:
-                out_steps[count] = t + 1
-                out_neurons[count] = lo + i
-                count += 1
+                        v[i] = vrest + (v[i] - vrest) * p22 + in_e + in_i
+                if refr[i] == 0 and v[i] >= vth:
+                    v[i] = vreset
+                    refr[i] = ref
+                    out_steps[count] = t + 1
+                    out_neurons[count] = lo + i
+                    count += 1
         # spike sources: their (step, local neuron) list is sorted by step
         p = src_ptr[0]
         while p < src_steps.shape[0] and src_steps[p] <= t + 1:

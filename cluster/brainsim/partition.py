@@ -99,6 +99,8 @@ def compile_network(spec: NetworkSpec) -> Layout:
         row[k.P_RATEP] = p.rate_hz * dt * 1e-3
         v0 = p.v_init_mv or (p.v_rest_mv, p.v_rest_mv)
         row[k.P_V0LO], row[k.P_V0HI] = v0
+        row[k.P_GE0LO], row[k.P_GE0HI] = p.g_e_init or (0.0, 0.0)
+        row[k.P_GI0LO], row[k.P_GI0HI] = p.g_i_init or (0.0, 0.0)
         for t_ms, n in zip(p.spike_times_ms, p.spike_neurons, strict=True):
             src.append((max(1, int(round(t_ms / dt))), offsets[i] + n))
     src.sort()
@@ -155,7 +157,7 @@ class Partition:
         self.gi = np.zeros(n)
         self.refr = np.zeros(n, np.int32)
         self.rng = np.zeros(n, np.uint64)
-        k.init_neurons(layout.pops, self.pidx, lo, layout.seed, self.v, self.rng)
+        k.init_neurons(layout.pops, self.pidx, lo, layout.seed, self.v, self.ge, self.gi, self.rng)
         self.indptr, self.tgt, self.w, self.dch = k.build_csr(
             layout.projs, lo, hi, layout.n, layout.seed, layout.dt_ms, layout.max_row)
         ring = layout.max_delay_steps + self.window + 1
@@ -167,6 +169,14 @@ class Partition:
         self.out_steps = np.empty(n * self.window + len(self.src_steps) + 1, np.int64)
         self.out_neurons = np.empty_like(self.out_steps)
         self.step = 0
+        self._compile()
+
+    def _compile(self) -> None:
+        """Compile (or load from cache) the per-window kernels now, not inside the first window."""
+        none = np.empty(0, np.int64)
+        k.deliver(none, none, self.indptr, self.tgt, self.w, self.dch, self.buf)
+        k.advance(self.layout.pops, self.pidx, self.lo, 0, 0, self.v, self.ge, self.gi, self.refr, self.rng,
+                  self.buf, self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons)
 
     @property
     def synapses(self) -> int:

@@ -52,6 +52,8 @@ class Population(_Spec):
     e_rev_e_mv: float = 0.0
     e_rev_i_mv: float = -80.0
     v_init_mv: tuple[float, float] | None = Field(None, description="uniform initial v range (default v_rest)")
+    g_e_init: tuple[float, float] | None = Field(None, description="uniform initial excitatory input range")
+    g_i_init: tuple[float, float] | None = Field(None, description="uniform initial inhibitory input range")
     external: External | None = None
     rate_hz: float = Field(0.0, ge=0, description="for `poisson` populations")
     spike_times_ms: list[float] = Field(default_factory=list, description="for `spike_source`")
