@@ -28,27 +28,22 @@ def background_activity(t, x, y, last, time_us):
     """Nearest-neighbour correlation filter (Delbruck 2008; Padala et al. 2018 as "BAF").
 
     An event passes when one of its 8 neighbours fired within `time_us` before it.
-    `last` (H, W) int64 holds each pixel's latest event time (updated for every event,
-    passed or not). Returns (keep, last).
+    `last` (H+2, W+2) int64 holds each pixel's latest event time at [y+1, x+1] (a border
+    of NEVER spares the bounds checks); it is updated for every event, passed or not.
+    Returns (keep, last).
     """
-    h, w = last.shape
     n = t.shape[0]
     keep = np.zeros(n, np.bool_)
     for i in range(n):
         ti = t[i]
-        xi = np.int64(x[i])
-        yi = np.int64(y[i])
-        y0 = yi - 1 if yi > 0 else 0
-        y1 = yi + 1 if yi < h - 1 else h - 1
-        x0 = xi - 1 if xi > 0 else 0
-        x1 = xi + 1 if xi < w - 1 else w - 1
-        ok = False
-        for yy in range(y0, y1 + 1):
-            for xx in range(x0, x1 + 1):
-                if (yy != yi or xx != xi) and ti - last[yy, xx] <= time_us:
-                    ok = True
+        cy = np.int64(y[i]) + 1
+        cx = np.int64(x[i]) + 1
+        since = ti - time_us
+        ok = (last[cy - 1, cx - 1] >= since or last[cy - 1, cx] >= since or last[cy - 1, cx + 1] >= since
+              or last[cy, cx - 1] >= since or last[cy, cx + 1] >= since or last[cy + 1, cx - 1] >= since
+              or last[cy + 1, cx] >= since or last[cy + 1, cx + 1] >= since)
         keep[i] = ok
-        last[yi, xi] = ti
+        last[cy, cx] = ti
     return keep, last
 
 
@@ -139,22 +134,25 @@ def _span(t, window_us, cur_win):
 def frames(t, x, y, p, window_us, cur_win, acc):
     """Event counts per polarity into frames (2, H, W): channel 0 OFF, channel 1 ON.
 
-    `acc` (2, H, W) float32 is the open window `cur_win` (-1: none yet). Returns
-    (done, first_win, cur_win, acc): `done` (k, 2, H, W) holds the windows that closed,
-    numbered first_win .. first_win + k - 1, empty windows between events included.
+    `acc` (2, H, W) float32 is the open window `cur_win` (-1: none yet), updated in
+    place. Returns (done, first_win, cur_win, acc): `done` (k, 2, H, W) holds the windows
+    that closed, numbered first_win .. first_win + k - 1, empty windows between events
+    included.
     """
     _, h, w = acc.shape
     if t.shape[0] == 0:
         return np.zeros((0, 2, h, w), np.float32), cur_win, cur_win, acc
     first, last_win = _span(t, window_us, cur_win)
-    out = np.zeros((last_win - first + 1, 2, h, w), np.float32)
-    if cur_win >= 0:
-        out[0] = acc
+    out = np.empty((last_win - first, 2, h, w), np.float32)
+    cur = first
     for i in range(t.shape[0]):
-        k = t[i] // window_us - first
-        out[k, np.int64(p[i]), y[i], x[i]] += np.float32(1.0)
-    acc[:] = out[out.shape[0] - 1]
-    return out[: out.shape[0] - 1], first, last_win, acc
+        k = t[i] // window_us
+        while cur < k:  # close the open window (and any empty ones after it)
+            out[cur - first] = acc
+            acc[:] = 0
+            cur += 1
+        acc[np.int64(p[i]), y[i], x[i]] += np.float32(1.0)
+    return out, first, last_win, acc
 
 
 @_jit
@@ -163,29 +161,30 @@ def voxel_grid(t, x, y, p, window_us, cur_win, acc):
 
     An event at time t in window k sits at position s = (t - k*window_us) * (B-1) /
     window_us and adds its polarity (+1 ON, -1 OFF) to bins floor(s) and floor(s)+1
-    with weights 1 - frac(s) and frac(s). `acc` (B, H, W) float64 is the open window.
-    Returns (done, first_win, cur_win, acc) like `frames`.
+    with weights 1 - frac(s) and frac(s). `acc` (B, H, W) float64 is the open window,
+    updated in place. Returns (done, first_win, cur_win, acc) like `frames`.
     """
     b, h, w = acc.shape
     if t.shape[0] == 0:
         return np.zeros((0, b, h, w), np.float64), cur_win, cur_win, acc
     first, last_win = _span(t, window_us, cur_win)
-    out = np.zeros((last_win - first + 1, b, h, w), np.float64)
-    if cur_win >= 0:
-        out[0] = acc
+    out = np.empty((last_win - first, b, h, w), np.float64)
+    cur = first
     scale = (b - 1) / window_us
     for i in range(t.shape[0]):
         kw = t[i] // window_us
+        while cur < kw:
+            out[cur - first] = acc
+            acc[:] = 0.0
+            cur += 1
         s = (t[i] - kw * window_us) * scale
         lo = np.int64(np.floor(s))
         frac = s - lo
         v = 1.0 if p[i] else -1.0
-        k = kw - first
-        out[k, lo, y[i], x[i]] += v * (1.0 - frac)
+        acc[lo, y[i], x[i]] += v * (1.0 - frac)
         if lo + 1 < b:
-            out[k, lo + 1, y[i], x[i]] += v * frac
-    acc[:] = out[out.shape[0] - 1]
-    return out[: out.shape[0] - 1], first, last_win, acc
+            acc[lo + 1, y[i], x[i]] += v * frac
+    return out, first, last_win, acc
 
 
 @_jit
@@ -225,6 +224,52 @@ def window_cuts(t, window_us):
 
 
 @_jit
+def compact(t, x, y, p, keep):
+    """The events whose `keep` is True, as new contiguous columns (t, x, y, p)."""
+    m = 0
+    for i in range(keep.shape[0]):
+        m += keep[i]
+    to = np.empty(m, np.int64)
+    xo = np.empty(m, np.uint16)
+    yo = np.empty(m, np.uint16)
+    po = np.empty(m, np.bool_)
+    j = 0
+    for i in range(keep.shape[0]):
+        if keep[i]:
+            to[j] = t[i]
+            xo[j] = x[i]
+            yo[j] = y[i]
+            po[j] = p[i]
+            j += 1
+    return to, xo, yo, po
+
+
+@_jit
+def split_packet(t_in, x_in, y_in, p_in, width, height, t_last):
+    """Contiguous columns from a decoder's packed records, checked in the same pass.
+
+    Returns (t, x, y, p, bad): `bad` is the index of the first event out of order or
+    outside the sensor, or -1.
+    """
+    n = t_in.shape[0]
+    t = np.empty(n, np.int64)
+    x = np.empty(n, np.uint16)
+    y = np.empty(n, np.uint16)
+    p = np.empty(n, np.bool_)
+    bad = -1
+    for i in range(n):
+        ti = np.int64(t_in[i])
+        if bad < 0 and (ti < t_last or x_in[i] >= width or y_in[i] >= height):
+            bad = i
+        t_last = ti
+        t[i] = ti
+        x[i] = x_in[i]
+        y[i] = y_in[i]
+        p[i] = p_in[i]
+    return t, x, y, p, bad
+
+
+@_jit
 def check_sorted_inside(t, x, y, width, height, t_last):
     """Index of the first event that goes back in time or lies outside the sensor, or -1."""
     for i in range(t.shape[0]):
@@ -241,7 +286,7 @@ def warm_up() -> None:
     y = np.array([0, 1], np.uint16)
     p = np.array([True, False])
     m = np.full((2, 2), NEVER, np.int64)
-    background_activity(t, x, y, m.copy(), np.int64(1))
+    background_activity(t, x, y, np.full((4, 4), NEVER, np.int64), np.int64(1))
     refractory(t, x, y, m.copy(), np.int64(1))
     z = np.zeros((2, 2), np.int64)
     hot_pixel(t, x, y, np.full((2, 2), -1, np.int64), z.copy(), z.copy(), np.int64(10), np.int64(5))
@@ -251,4 +296,7 @@ def warm_up() -> None:
     voxel_grid(t, x, y, p, np.int64(2), np.int64(-1), np.zeros((3, 2, 2), np.float64))
     last_times(t, x, y, p, np.int64(2), np.int64(-1), np.full((2, 2, 2), NEVER, np.int64))
     window_cuts(t, np.int64(2))
+    compact(t, x, y, p, p)
     check_sorted_inside(t, x, y, 2, 2, np.int64(0))
+    rec = np.zeros(2, [("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "?")])
+    split_packet(rec["t"], rec["x"], rec["y"], rec["on"], 2, 2, np.int64(0))

@@ -49,6 +49,9 @@ class EventOperator(Operator):
     def out_schema(self, schema):
         return schema
 
+    def setup(self):
+        K.warm_up()  # compile, or load from Numba's cache, before the first batch
+
     def _ensure(self, batch):
         if self.width is None:
             self.schemas({"in": batch.schema})
@@ -82,12 +85,13 @@ class FilterOperator(EventOperator):
         self._ensure(batch)
         if batch.num_rows == 0:
             return batch
-        self._validate(*_cols(batch))
+        t, x, y = _cols(batch)
+        self._validate(t, x, y)
         keep = self.keep(batch)
-        n = int(keep.sum())
-        self.passed += n
-        self.dropped += batch.num_rows - n
-        return batch.filter(pa.array(keep))
+        cols = K.compact(t, x, y, sch.column(batch, "p"), keep)
+        self.passed += len(cols[0])
+        self.dropped += batch.num_rows - len(cols[0])
+        return sch.events_batch(*cols, batch.schema)
 
     def result(self):
         return {"passed": self.passed, "dropped": self.dropped}
@@ -104,12 +108,9 @@ class BackgroundFilter(FilterOperator):
     name = "background_filter"
     Params = BackgroundParams
 
-    def setup(self):
-        K.warm_up()
-
     def keep(self, batch):
         if getattr(self, "last", None) is None:
-            self.last = np.full((self.height, self.width), K.NEVER, np.int64)
+            self.last = np.full((self.height + 2, self.width + 2), K.NEVER, np.int64)  # bordered
         t, x, y = _cols(batch)
         keep, self.last = K.background_activity(t, x, y, self.last, np.int64(self.params.time_us))
         return keep
@@ -404,9 +405,6 @@ class Accumulator(EventOperator):
 
     def out_schema(self, schema):
         return sch.frames_schema(self.shape(), "float32")
-
-    def setup(self):
-        K.warm_up()
 
     def render(self, done, first):
         """Output tensors from the kernel's closed windows (default: as they are)."""

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from operators.events import kernels as K
 from operators.events.synthetic import GESTURES, gesture_recording
 from pipeline import schemas as sch
 from pipeline.errors import DataError, LinkError
@@ -194,6 +195,7 @@ class Aedat4Source(Source):
     def generate(self):
         import aedat
 
+        K.warm_up()
         p = self.params
         schemas = self.schemas({})
         ev_schema = schemas["out"]
@@ -224,16 +226,15 @@ class Aedat4Source(Source):
                 if packet["stream_id"] != main_id:
                     continue
                 arr = packet["events"]
-                t = arr["t"].astype(np.int64)
-                x, y = arr["x"], arr["y"]
-                why = check_events(t, x, y, width, height, t_last)
-                if why:
-                    self._fail(index, why)
+                t, x, y, pol, bad = K.split_packet(arr["t"], arr["x"], arr["y"], arr["on"], width, height,
+                                                   np.int64(t_last))
+                if bad >= 0:
+                    self._fail(index, check_events(t, x, y, width, height, t_last) or f"bad event {bad}")
                     continue
                 if len(t):
                     t_last = int(t[-1])
                 self.events += len(t)
-                for b in batcher.push(t, x, y, arr["on"]):
+                for b in batcher.push(t, x, y, pol):
                     yield "out", b
             elif "frame" in packet:
                 f = packet["frame"]
