@@ -256,7 +256,7 @@ def _print(report: dict) -> None:
                   f"{r['offline_itr_bits_min']:.1f}", f"{r['pseudo_online_accuracy']:.3f}",
                   f"{r['pseudo_online_nmcc']:.3f}", f"{r['pseudo_online_itr_bits_min']:.1f}",
                   f"{r['idle_threshold']:.2f}", f"{r['flagged_windows']}/{r['windows']}")
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     console.print(t)
     lat = report.get("latency")
     if lat:

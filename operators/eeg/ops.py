@@ -165,6 +165,11 @@ class SsvepDecoder(Operator):
         self._seen = 0
         self._schema = decision_schema()
         self._ready = True
+        held = getattr(self, "_restored", None)
+        if held is not None:
+            self._tail = np.array(held["tail"], dtype=np.float64).reshape(-1, len(self._names))
+            self._ttail = np.array(held["ttail"], dtype=np.int64)
+            self._seen = held["seen"]
 
     def process(self, port, batch):
         if not getattr(self, "_ready", False):
@@ -195,6 +200,17 @@ class SsvepDecoder(Operator):
             return None
         return sch.commands_batch(np.array(out_t), self._schema, target=np.array(out_k, np.int16),
                                   confidence=np.array(out_c, np.float32), flags=np.array(out_f, np.int32))
+
+    def state(self):
+        if not getattr(self, "_ready", False):
+            return {"counts": dict(self.counts)}
+        return {"counts": dict(self.counts), "tail": self._tail.tolist(), "ttail": self._ttail.tolist(),
+                "seen": self._seen}
+
+    def restore(self, state):
+        self.counts = dict(state["counts"])
+        self._restored = state if "tail" in state else None
+        self._ready = False
 
     def _decide(self, window):
         p = self.params

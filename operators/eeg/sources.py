@@ -231,7 +231,7 @@ class LslSource(Source):
 class SynthParams(SourceParams):
     seed: int = 0
     n_trials: int = Field(8, ge=1)
-    ssvep_uv: float = Field(2.5, ge=0)
+    ssvep_uv: float = Field(3.0, ge=0)
     noise_uv: float = Field(8.0, gt=0)
     batch_s: float = Field(0.1, gt=0)
     rate_hz: float = Field(250.0, gt=0)

@@ -10,7 +10,8 @@ from operators.eeg.decode import ARTEFACT, GAP, LOST
 from operators.eeg.evaluate import run as run_eval
 from operators.eeg.ops import WheelchairSink, decision_schema
 from operators.eeg.synth import SynthSpec, synth_eeg, write_edf
-from pipeline import run, schemas as sch
+from pipeline import run
+from pipeline import schemas as sch
 from pipeline.graph import Graph
 from pipeline.operator import registry
 
@@ -138,3 +139,20 @@ def test_eval_reports_metrics_per_decoder_and_window(tmp_path):
     assert -16 < report["snr"]["wideband_db_oz"] < -6
     assert (tmp_path / "eeg_eval.png").stat().st_size > 1000
     assert (tmp_path / "eeg_eval.json").exists()
+
+
+def test_decoder_state_restores_mid_stream():
+    from operators.eeg.ops import SsvepDecoder
+
+    rec = synth_eeg(SynthSpec(n_trials=1, seed=14))
+    schema = sch.samples_schema(list(rec.spec.channels), rec.spec.rate_hz)
+    b = [sch.samples_batch(rec.t_us[i:i + 100], rec.data[i:i + 100], schema) for i in range(0, 1500, 100)]
+    p = SsvepDecoder.Params(window_s=1.0, hop_s=0.2, idle_threshold=0.0)
+    whole = SsvepDecoder(p)
+    ref = [whole.process("in", x) for x in b]
+    first = SsvepDecoder(p)
+    got = [first.process("in", x) for x in b[:7]]
+    second = SsvepDecoder(p)
+    second.restore(first.state())
+    got += [second.process("in", x) for x in b[7:]]
+    assert [None if r is None else r.to_pydict() for r in ref] == [None if g is None else g.to_pydict() for g in got]
