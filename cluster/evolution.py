@@ -59,6 +59,8 @@ class EvolveConfig(_Strict):
     cma: CMAConfig = CMAConfig()
     readout: Literal["lstsq", "evolve"] = "lstsq"
     ridge: float = Field(1e-3, ge=0)
+    tracking_weight: float = Field(0.0, ge=0, description="add this x closed-loop tracking RMSE (m) to the loss")
+    init: str | None = Field(None, description="start from this model JSON's genome (meta.genome) instead of zeros")
     workers: int = Field(2, ge=0, le=256, description="Ray actors; 0 = evaluate in this process")
     checkpoint: str | None = "runs/blimp_evolve/checkpoint.pkl"
     checkpoint_every: int = Field(5, ge=1)
@@ -110,7 +112,8 @@ def _one_blas_thread():
 class Evaluator:
     """Holds the PID traces and evaluates genomes (a Ray actor, or used in-process)."""
 
-    def __init__(self, layout: dict, errors, commands, readout: str, ridge: float, closed: dict | None = None):
+    def __init__(self, layout: dict, errors, commands, readout: str, ridge: float, closed: dict | None = None,
+                 tracking_weight: float = 0.0):
         from operators.control.pid import PID
         from operators.control.snn import Layout
 
@@ -118,6 +121,7 @@ class Evaluator:
         self.errors, self.commands = np.asarray(errors), np.asarray(commands)
         self.readout, self.ridge = readout, ridge
         self.closed = closed
+        self.tracking_weight = tracking_weight
         self.pid_gains = PID(dt=self.layout.dt_s).g
 
     def evaluate(self, genomes: list) -> list[tuple[float, list]]:
@@ -127,7 +131,7 @@ class Evaluator:
             out = []
             for g in genomes:
                 loss, w = evaluate(np.asarray(g), self.layout, self.errors, self.commands, self.readout, self.ridge,
-                                   self.closed, self.pid_gains)
+                                   self.closed, self.pid_gains, self.tracking_weight)
                 out.append((float(loss) if np.isfinite(loss) else 1e3, np.asarray(w).tolist()))
             return out
 
@@ -136,7 +140,7 @@ class Pool:
     """Splits a population over `workers` Ray actors (or evaluates locally when 0)."""
 
     def __init__(self, cfg: EvolveConfig, errors, commands, closed=None):
-        args = (cfg.layout.model_dump(), errors, commands, cfg.readout, cfg.ridge, closed)
+        args = (cfg.layout.model_dump(), errors, commands, cfg.readout, cfg.ridge, closed, cfg.tracking_weight)
         self.workers = cfg.workers
         self.started_ray = False
         if self.workers == 0:
@@ -150,7 +154,7 @@ class Pool:
         env = {"env_vars": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
         actor = ray.remote(num_cpus=1, runtime_env=env)(Evaluator)
         e_ref, c_ref = ray.put(errors), ray.put(commands)
-        self.actors = [actor.remote(args[0], e_ref, c_ref, cfg.readout, cfg.ridge, closed) for _ in range(self.workers)]
+        self.actors = [actor.remote(args[0], e_ref, c_ref, *args[3:]) for _ in range(self.workers)]
 
     def map(self, genomes: list[np.ndarray]) -> list[tuple[float, list]]:
         if self.workers == 0:
@@ -200,8 +204,16 @@ def evolve(cfg: EvolveConfig, resume: bool = True, progress: bool = True) -> dic
     d = cfg.data
     errors, commands = pid_traces(d.trajectories, d.duration_s, seed=d.seed, dt_s=layout.dt_s, model=d.plant)
     if state is None:
+        x0 = np.zeros(n_genes)
+        if cfg.init:
+            from operators.control.snn import SNNModel
+
+            genome = SNNModel.load(cfg.init).meta.get("genome")
+            if genome is None or len(genome) != n_genes:
+                raise DataError(f"init model '{cfg.init}' carries no genome of {n_genes} genes in meta.genome")
+            x0 = np.asarray(genome, dtype=np.float64)
         es = cma.CMAEvolutionStrategy(
-            np.zeros(n_genes), cfg.cma.sigma0,
+            x0, cfg.cma.sigma0,
             {"popsize": cfg.cma.popsize, "seed": cfg.cma.seed, "verbose": -9},
         )
         state = {"es": es, "generation": 0, "best": (np.inf, None, None), "history": [], "evaluations": 0,
@@ -269,7 +281,8 @@ def evolve(cfg: EvolveConfig, resume: bool = True, progress: bool = True) -> dic
             else:
                 report["validation_loss"] = evaluate(g, layout, ve, vc, "evolve")[0]
         model = build(genome, layout, w_out, meta={k: report[k] for k in ("generations", "evaluations", "train_loss")}
-                      | {"validation_loss": report.get("validation_loss"), "config": cfg.model_dump()})
+                      | {"validation_loss": report.get("validation_loss"), "config": cfg.model_dump(),
+                         "genome": np.asarray(genome).tolist()})
         model.save(cfg.out)
     return report
 

@@ -46,7 +46,7 @@ def fit_readout(X: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray
 
 def evaluate(genome: np.ndarray, layout: Layout, errors: np.ndarray, commands: np.ndarray,
              readout: str = "lstsq", ridge: float = 1e-3, closed: dict | None = None,
-             pid_gains: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+             pid_gains: np.ndarray | None = None, tracking_weight: float = 0.0) -> tuple[float, np.ndarray]:
     """(loss, decoder weights) of one genome on the PID traces.
 
     With `closed` scenarios the loss is the closed-loop one plus half the open-loop one: a
@@ -57,7 +57,7 @@ def evaluate(genome: np.ndarray, layout: Layout, errors: np.ndarray, commands: n
         if loss >= 1e3:
             return loss, w
         model = decode(np.asarray(genome)[: layout.size], layout, w)
-        cl, _ = closed_loop_loss(model, closed, pid_gains)
+        cl, _ = closed_loop_loss(model, closed, pid_gains, tracking_weight=tracking_weight)
         return cl + 0.5 * loss, w
     H = layout.hidden_size
     if readout == "evolve":
@@ -153,12 +153,17 @@ def scenarios(n: int, duration_s: float, seed: int, dt_s: float = 0.1, model: st
     }
 
 
-def closed_loop_loss(model: SNNModel, sc: dict, pid_gains: np.ndarray, u_max: float = 3.3) -> tuple[float, np.ndarray]:
-    """The reference loss between the SNN's commands and the shadow PID's, in closed loop."""
+def closed_loop_loss(model: SNNModel, sc: dict, pid_gains: np.ndarray, u_max: float = 3.3,
+                     tracking_weight: float = 0.0) -> tuple[float, np.ndarray]:
+    """The reference loss between the SNN's commands and the shadow PID's, in closed loop.
+
+    `tracking_weight` adds that many times the tracking RMSE (m) of the SNN's own flight.
+    """
     m = model
     u, up, z = closed_loop_kernel(m.in_scale, m.enc_w, m.enc_b, m.w_hid, m.w_rec, m.hid_b, m.hid_c, m.decay, m.w_out,
                                   sc["plants"], sc["z0"], sc["setpoints"], sc["noise"], sc["forces"], pid_gains,
                                   sc["dt"], sc["substeps"], u_max)
     if not np.all(np.isfinite(u)):
         return 1e3, z
-    return loss_of(u, up), z
+    track = float(np.sqrt(np.mean((sc["setpoints"] - z) ** 2))) if tracking_weight else 0.0
+    return loss_of(u, up) + tracking_weight * track, z

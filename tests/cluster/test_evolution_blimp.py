@@ -87,3 +87,15 @@ def test_cli_registers_evolve():
     register(parser.add_subparsers())
     args = parser.parse_args(["evolve", str(CONFIG), "--generations", "1", "--workers", "0", "--fresh"])
     assert args.generations == 1 and args.fresh and callable(args.func)
+
+
+def test_warm_start_from_a_model_genome_and_tracking_term(tmp_path):
+    first = evolve(tiny(tmp_path / "a", cma={"generations": 1}), progress=False)
+    warm = evolve(tiny(tmp_path / "b", cma={"generations": 1}, init=first["out"], tracking_weight=1.0), progress=False)
+    assert np.isfinite(warm["train_loss"])
+    plain = tmp_path / "plain.json"
+    model = SNNModel.load(first["out"])
+    model.meta = {}
+    model.save(plain)
+    with pytest.raises(DataError, match="genome"):
+        evolve(tiny(tmp_path / "c", init=str(plain)), progress=False)
