@@ -329,15 +329,15 @@ class StreamFile:
     def batches(self, with_meta: bool = False) -> Iterator:
         """Whole batches in file order; stops (and sets `error`) at a cut-off batch."""
         reader = self.open()
+        read = reader.read_next_batch_with_custom_metadata if with_meta else reader.read_next_batch
         while True:
             try:
-                batch, meta = reader.read_next_batch_with_custom_metadata()
+                yield read()
             except StopIteration:
                 return
             except _READ_ERRORS as exc:
                 self.error = f"cut off after its last whole batch ({exc})"
                 return
-            yield (batch, meta) if with_meta else batch
 
 
 def scan_stream(folder: Path, files: list[str]) -> dict:
