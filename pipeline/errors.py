@@ -45,6 +45,9 @@ class ConfigError(ReflexarcError):
             text = f"{head}{len(self.problems)} problems:\n{lines}"
         super().__init__(text)
 
+    def __reduce__(self):
+        return (ConfigError, (self.problems, self.source))
+
 
 class SchemaError(ReflexarcError):
     """A batch or a port's schema is not what a stream kind or an operator expects."""
@@ -58,8 +61,12 @@ class OperatorError(ReflexarcError):
     def __init__(self, node: str, message: str, seq: int | None = None):
         self.node = node
         self.seq = seq
+        self.reason = message
         at = f" at batch {seq}" if seq is not None else ""
         super().__init__(f"node '{node}' failed{at}: {message}")
+
+    def __reduce__(self):  # crosses process boundaries (Ray) intact
+        return (OperatorError, (self.node, self.reason, self.seq))
 
 
 class DataError(ReflexarcError):

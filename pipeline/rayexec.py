@@ -170,6 +170,7 @@ class _Driver:
         self.tokens: list[str] = []
         self.restarts = 0
         self.recovered_waves = 0
+        self.queue_max = {gi: 0 for gi in range(len(groups))}
 
     def _check_acyclic(self) -> None:
         seen: set[int] = set()
@@ -267,6 +268,7 @@ class _Driver:
         out, status = self.actors[gi].step.remote(w, finish, *args)
         self.waves[w][gi] = out
         self.inflight[gi].append((w, status))
+        self.queue_max[gi] = max(self.queue_max[gi], len(self.inflight[gi]))
         self.hist[gi].append((w, finish))
         self.since_ckpt[gi] += 1
         if self.since_ckpt[gi] >= self.checkpoint_every and not finish:
@@ -398,6 +400,9 @@ class _Driver:
 
     def merge(self, snaps: list[dict], feed: Feed | None = None) -> list[dict]:
         by_node = {s["node"]: s for s in snaps}
+        for gi, ids in enumerate(self.groups):
+            if ids[0] in by_node:
+                by_node[ids[0]]["queue_max"] = max(by_node[ids[0]]["queue_max"], self.queue_max[gi])
         if feed is not None or getattr(self, "feed", None) is not None:
             for m in (feed or self.feed).metrics.values():
                 by_node[m.node] = m.snapshot()
@@ -467,6 +472,12 @@ def run_ray(
 def _run_compiled(driver: _Driver, feed: Feed, stop):
     from ray.dag import InputNode, MultiOutputNode
 
+    fan_out = any(sum(u in driver.ups[g] for g in driver.order) > 1 for u in range(len(driver.groups)))
+    if fan_out or len(driver.graph.sources) > 1:
+        # Ray 2.60 compiled graphs deadlock or crash here on fan-out with executions in flight
+        raise ConfigError(
+            "the 'ray-compiled' executor runs linear chains (one source, no fan-out); use 'ray' for this graph"
+        )
     nodes: dict[int, object] = {}
     with InputNode() as inp:
         for gi in driver.order:
@@ -483,12 +494,12 @@ def _run_compiled(driver: _Driver, feed: Feed, stop):
         leaves = [nodes[gi] for gi in driver.order if gi not in downstream]
         out = MultiOutputNode(leaves)
     cap = max(1, min(driver.capacity.values()) if driver.capacity else 8)
-    dag = out.experimental_compile(_max_inflight_executions=cap, _buffer_size_bytes=8 << 20)
+    dag = out.experimental_compile(_submit_timeout=300, _max_inflight_executions=cap, _buffer_size_bytes=8 << 20)
     pending: deque = deque()
 
     def drain_one():
         try:
-            ray.get(pending.popleft())
+            ray.get(pending.popleft(), timeout=300)
         except RayTaskError as exc:
             cause = _cause(exc)
             if isinstance(cause, ReflexarcError):
