@@ -77,7 +77,7 @@ def bench_latency(n: int) -> dict:
     try:
         import edge.devices  # noqa: F401  (the emulator backend, if another package ships it)
 
-        out["snn_emulator"] = "edge.devices present; not wired into this benchmark yet"
+        out["snn_emulator"] = "edge.devices present, but its emulator takes an operators.snn Network; the two-network controller is not wired to it yet"
     except ImportError:
         out["snn_emulator"] = "edge.devices not present"
     out["ratio_snn_over_pid_p50"] = out["snn_numba"]["p50_us"] / out["pid"]["p50_us"]
