@@ -237,6 +237,7 @@ class Agent:
         next_tel = next_hb = now
         send_from = 0
         last_progress = now
+        resend_wait = o.resend_s
         done_at = None
         try:
             while True:
@@ -263,10 +264,11 @@ class Agent:
                     except zmq.Again:
                         pass
                 if welcomed:
-                    if len(self.spool) and now - last_progress > o.resend_s and send_from > self.spool.acked + 1:
+                    if len(self.spool) and now - last_progress > resend_wait and send_from > self.spool.acked + 1:
                         send_from = self.spool.acked + 1  # go back N: the manager may have lost them
                         self.link["resent"] += 1
                         last_progress = now
+                        resend_wait = min(resend_wait * 2, 16 * o.resend_s)  # a slow manager is not flooded
                     send_from = max(send_from, self.spool.acked + 1)
                     room = o.window - (send_from - self.spool.acked - 1)
                     for seq, payload in self.spool.since(send_from, max(room, 0)):
@@ -293,10 +295,10 @@ class Agent:
                         self.link["connects"] += 1
                         self.spool.ack(acked)
                         send_from = self.spool.acked + 1
-                        last_progress = heard
+                        last_progress, resend_wait = heard, o.resend_s
                     elif kind == b"ack":
                         if head["seq"] > self.spool.acked:
-                            last_progress = heard
+                            last_progress, resend_wait = heard, o.resend_s
                         self.spool.ack(int(head["seq"]))
                         self.link["acked"] = self.spool.acked
                     elif kind == b"nack":

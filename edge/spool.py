@@ -4,10 +4,13 @@ Every message gets the next sequence number and stays until the manager acknowle
 (cumulatively). Past `mem_bytes` new messages go to an append-only spill file and only
 their offsets stay in memory; once everything is acknowledged the file is truncated.
 So a robot that loses its link for an hour keeps every message, in order, in bounded RAM.
+An agent stopped cleanly with messages still unacknowledged writes them to
+`<spool>.pending`; the next start takes them back and sends them first.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from pathlib import Path
 
@@ -24,6 +27,30 @@ class Spool:
         self.items: deque = deque()
         self.spilled = 0  # messages ever written to disk
         self._file = None
+        self._load_pending()
+
+    @property
+    def pending_path(self) -> Path:
+        return self.path.with_suffix(".pending")
+
+    def _load_pending(self) -> None:
+        """Take back what a cleanly stopped agent left unacknowledged (see `close`)."""
+        if not self.pending_path.exists():
+            return
+        data = self.pending_path.read_bytes()
+        pos, items = 0, []
+        while pos + 12 <= len(data):
+            seq, n = struct.unpack_from("<qI", data, pos)
+            if pos + 12 + n > len(data):
+                break  # cut off mid-record: keep the whole ones
+            items.append((seq, data[pos + 12:pos + 12 + n]))
+            pos += 12 + n
+        self.pending_path.unlink()
+        if items:
+            self.next_seq = items[0][0]
+            self.acked = self.next_seq - 1
+            for _, payload in items:
+                self.push(payload)
 
     def push(self, payload: bytes) -> int:
         seq = self.next_seq
@@ -75,7 +102,16 @@ class Spool:
         return len(self.items)
 
     def close(self) -> None:
+        """Release the spill file; what is still unacknowledged is kept for the next start."""
+        if self.items:
+            tmp = self.pending_path.with_suffix(".tmp")
+            self.pending_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                for seq, payload in self.since(self.items[0][0], len(self.items)):
+                    f.write(struct.pack("<qI", seq, len(payload)))
+                    f.write(payload)
+            tmp.replace(self.pending_path)
         if self._file is not None:
             self._file.close()
             self._file = None
-            self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)

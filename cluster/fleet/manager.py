@@ -66,6 +66,7 @@ class AgentRecord:
     skipped: int = 0
     rejected: int = 0
     last_nack: float = 0.0
+    registered_ns: int = 0
     delays: Latencies = field(default_factory=Latencies)
 
     def row(self, now: float) -> dict:
@@ -211,7 +212,7 @@ class Manager:
     def _hello(self, sock, route, name, head, now) -> None:
         rec = self.agents.get(name)
         if rec is None:
-            rec = self.agents[name] = AgentRecord(name)
+            rec = self.agents[name] = AgentRecord(name, registered_ns=time.time_ns())
             rec.expected = self.recording.last_seq(f"{name}.telemetry") + 1
             self._event(f"{name} registered")
         elif rec.pid is not None and head.get("pid") != rec.pid:
@@ -263,7 +264,9 @@ class Manager:
         t_us = batch.column(0)[0].as_py()
         delay = max(time.time_ns() - t_us * 1000, 0)
         rec.delays.add(delay)
-        if len(self.delay_ms) < 5_000_000:
+        # fleet-wide delays in steady state: messages created >= 1 s after the robot registered
+        # (what a robot spooled while connecting or while the manager was away is not "delay")
+        if t_us * 1000 >= rec.registered_ns + 1_000_000_000 and len(self.delay_ms) < 5_000_000:
             self.delay_ms.append(delay / 1e6)
         self.recording.write(f"{rec.name}.telemetry", batch, seq, t_us * 1000)
         rec.received += 1

@@ -55,3 +55,20 @@ def test_any_ack_pattern_keeps_exactly_the_unacked_tail(tmp_path_factory, sizes,
         assert spool.mem_bytes <= max(mem, 0)
     finally:
         spool.close()
+
+
+def test_unacked_messages_survive_a_clean_restart(tmp_path):
+    spool = Spool(tmp_path / "s.bin", mem_bytes=100)
+    for i in range(20):
+        spool.push(b"m%02d" % i * 10)
+    spool.ack(4)
+    spool.close()
+    again = Spool(tmp_path / "s.bin", mem_bytes=100)
+    try:
+        assert [s for s, _ in again.since(0, 100)] == list(range(5, 20))
+        assert [d for _, d in again.since(5, 100)] == [b"m%02d" % i * 10 for i in range(5, 20)]
+        assert again.acked == 4 and again.push(b"next") == 20
+    finally:
+        again.ack(20)
+        again.close()
+    assert not (tmp_path / "s.pending").exists()
