@@ -1,0 +1,170 @@
+"""Runtime overhead: per-hop latency and 4-stage chain throughput, ours against plain Ray.
+
+Run: .venv/bin/python benchmarks/bench_runtime.py [--quick]   -> benchmarks/results/runtime.json
+
+Peers measured in the same run on the same payloads (1 k and 64 k events per batch):
+plain Ray actor calls (ray.get per hop) and Ray Compiled Graphs. Per-hop latency of our
+executors is the slope of sink latency over chain length (1 hop vs 4 hops), so the
+source's own cost cancels out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from pipeline import Graph, run
+from pipeline import schemas as sch
+from pipeline.testing import ListSource
+
+
+def payload(n: int, count: int) -> list:
+    s = sch.events_schema(640, 480)
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(count):
+        t = np.arange(i * n, (i + 1) * n, dtype=np.int64)
+        out.append(sch.events_batch(t, rng.integers(0, 640, n), rng.integers(0, 480, n), rng.random(n) < 0.5, s))
+    return out
+
+
+def chain(batches, hops: int) -> Graph:
+    g = Graph(f"chain{hops}")
+    g.add("src", ListSource.of(batches))
+    up = "src.out"
+    for i in range(hops - 1):
+        g.add(f"s{i}", "identity", inputs={"in": up})
+        up = f"s{i}.out"
+    g.add("sink", "count_sink", inputs={"in": up})
+    return g
+
+
+def ours_latency(executor: str, batches, **opts) -> dict:
+    lat = {}
+    for hops in (1, 4):
+        # one wave in flight at a time so latency is not queueing
+        g = chain(batches, hops)
+        for e in g.edges():
+            object.__setattr__(e, "capacity", 1)
+        res = run(g, executor, **opts)
+        lat[hops] = res.node("sink")["e2e_latency"]
+    per_hop = {k: max(0.0, (lat[4][k] - lat[1][k]) / 3) for k in ("p50_ms", "p99_ms")}
+    return {"per_hop_p50_ms": per_hop["p50_ms"], "per_hop_p99_ms": per_hop["p99_ms"], "sink_1hop": lat[1], "sink_4hop": lat[4]}
+
+
+def ours_throughput(executor: str, batches, **opts) -> float:
+    g = chain(batches, 5)  # source + 4 stages (3 identity + sink)
+    res = run(g, executor, **opts)
+    return sum(b.num_rows for b in batches) / res.wall_s
+
+
+@ray.remote(num_cpus=0)
+class Hop:
+    def f(self, x):
+        return x
+
+
+def plain_ray(batches) -> dict:
+    actors = [Hop.remote() for _ in range(4)]
+    ray.get([a.f.remote(1) for a in actors])
+    times = []
+    for b in batches:
+        t0 = time.perf_counter()
+        ray.get(actors[0].f.remote(b))
+        times.append(time.perf_counter() - t0)
+    # throughput: pipelined refs through 4 actors
+    t0 = time.perf_counter()
+    refs = []
+    for b in batches:
+        r = b
+        for a in actors:
+            r = a.f.remote(r)
+        refs.append(r)
+    ray.get(refs)
+    wall = time.perf_counter() - t0
+    for a in actors:
+        ray.kill(a)
+    ms = np.array(times) * 1e3
+    return {"per_hop_p50_ms": float(np.percentile(ms, 50)), "per_hop_p99_ms": float(np.percentile(ms, 99)),
+            "chain4_events_per_s": sum(b.num_rows for b in batches) / wall}
+
+
+def compiled_ray(batches) -> dict:
+    from ray.dag import InputNode
+
+    actors = [Hop.remote() for _ in range(4)]
+    with InputNode() as inp:
+        node = inp
+        for a in actors:
+            node = a.f.bind(node)
+    dag = node.experimental_compile(_buffer_size_bytes=8 << 20)
+    single = None
+    try:
+        times = []
+        for b in batches:
+            t0 = time.perf_counter()
+            ray.get(dag.execute(b), timeout=120)
+            times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for b in batches:
+            ray.get(dag.execute(b), timeout=120)
+        wall = time.perf_counter() - t0
+    finally:
+        dag.teardown()
+    ms = np.array(times) * 1e3 / 4
+    single = {"per_hop_p50_ms": float(np.percentile(ms, 50)), "per_hop_p99_ms": float(np.percentile(ms, 99)),
+              "chain4_events_per_s": sum(b.num_rows for b in batches) / wall}
+    for a in actors:
+        ray.kill(a)
+    return single
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "runtime.json"))
+    args = ap.parse_args()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    report = {"machine": "2 cores", "payloads": {}}
+    try:
+        for n in (1024, 65536):
+            count = 50 if args.quick else 200
+            batches = payload(n, count)
+            row = {}
+            row["local"] = ours_latency("local", batches)
+            row["local"]["chain4_events_per_s"] = ours_throughput("local", batches)
+            row["ray"] = ours_latency("ray", batches)
+            row["ray"]["chain4_events_per_s"] = ours_throughput("ray", batches)
+            row["ray_fused"] = {"chain4_events_per_s": ours_throughput("ray", batches, fuse="chains")}
+            try:
+                row["ray_compiled"] = ours_latency("ray-compiled", batches)
+                row["ray_compiled"]["chain4_events_per_s"] = ours_throughput("ray-compiled", batches)
+            except Exception as exc:  # reported, not hidden
+                row["ray_compiled"] = {"error": str(exc)[:300]}
+            row["peer_plain_ray"] = plain_ray(batches)
+            try:
+                row["peer_ray_compiled_graph"] = compiled_ray(batches)
+            except Exception as exc:
+                row["peer_ray_compiled_graph"] = {"error": str(exc)[:300]}
+            peer = row["peer_plain_ray"]
+            row["ratios"] = {
+                "ray_per_hop_vs_plain_ray": row["ray"]["per_hop_p50_ms"] / max(peer["per_hop_p50_ms"], 1e-9),
+                "ray_throughput_vs_plain_ray": row["ray"]["chain4_events_per_s"] / peer["chain4_events_per_s"],
+            }
+            report["payloads"][f"{n}_events"] = row
+            print(json.dumps({n: {k: v for k, v in row.items()}}, indent=1, default=str))
+    finally:
+        ray.shutdown()
+    report["note"] = "dora-rs is not measured in this run (see docs/runtime.md)"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
