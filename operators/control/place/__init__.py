@@ -1,0 +1,1 @@
+"""Robot place recognition with ensembles of compact, region-specific spiking networks."""

@@ -1,0 +1,233 @@
+"""One place-recognition module: a compact excitatory/inhibitory LIF network with STDP.
+
+After Diehl & Cook (2015, "Unsupervised learning of digit recognition using STDP") as used
+by Hussaini et al. for places: Poisson-rate inputs (one per pixel of a 28x28 patch-normalised
+image) drive excitatory LIF neurons through plastic weights; each excitatory spike excites
+its inhibitory partner, which inhibits every other excitatory neuron (soft winner-take-all,
+folded here into one instantaneous inhibition step); adaptive thresholds (theta) rise with
+each spike so that every neuron gets a share of the places. Neurons are labelled with the
+reference place they respond to most; "hyperactive" neurons, which fire for more than a
+calibrated number of reference places, are removed before deployment.
+
+The kernels are Numba functions over NumPy arrays; `run_naive` is their slow plain-Python twin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+
+@dataclass(frozen=True)
+class ModuleParams:
+    """Network and learning constants (times in ms; potentials in mV above rest)."""
+
+    n_neurons: int = 100
+    steps: int = 100            # presentation length, 1 ms steps
+    max_rate_hz: float = 80.0   # input rate for a white pixel
+    gain: float = 1.0           # input weight scale (mV per unit weight per spike)
+    tau_v_ms: float = 100.0
+    v_thresh_mv: float = 10.0
+    refractory_ms: int = 5
+    inhibition_mv: float = 12.0
+    theta_plus_mv: float = 0.2
+    tau_trace_ms: float = 20.0
+    nu_pre: float = 0.0002
+    nu_post: float = 0.02
+    x_target: float = 0.2
+    weight_sum: float = 78.0    # per neuron, as in Diehl & Cook
+    epochs: int = 3
+
+    def vector(self) -> np.ndarray:
+        return np.array([self.steps, self.max_rate_hz, self.gain, self.tau_v_ms, self.v_thresh_mv,
+                         self.refractory_ms, self.inhibition_mv, self.theta_plus_mv, self.tau_trace_ms,
+                         self.nu_pre, self.nu_post, self.x_target, self.weight_sum], dtype=np.float64)
+
+
+@njit(cache=True)
+def present(img, w, theta, learn, p, seed, counts):
+    """Show one image (flat, [0, 1]) for p[0] steps; add spikes per neuron to `counts`.
+
+    With `learn`, applies trace STDP (pre: depress by nu_pre * x_post; post: potentiate by
+    nu_post * (x_pre - x_target)), raises theta per spike and renormalises weights.
+    Returns the number of excitatory spikes. w: (n_in, n_neurons); state is w and theta.
+    """
+    np.random.seed(seed)
+    steps = int(p[0])
+    prob = img * (p[1] * 1e-3)
+    gain, decay = p[2], np.exp(-1.0 / p[3])
+    vth, refr, inh, thp = p[4], int(p[5]), p[6], p[7]
+    tdec = np.exp(-1.0 / p[8])
+    nu_pre, nu_post, xtar, wsum = p[9], p[10], p[11], p[12]
+    n_in, n = w.shape
+    v = np.zeros(n)
+    ref = np.zeros(n, np.int64)
+    xpre = np.zeros(n_in)
+    xpost = np.zeros(n)
+    spk = np.empty(n_in, np.int64)
+    total = 0
+    for _ in range(steps):
+        ns = 0
+        for i in range(n_in):
+            if np.random.random() < prob[i]:
+                spk[ns] = i
+                ns += 1
+        for j in range(n):
+            v[j] *= decay
+        for k in range(ns):
+            i = spk[k]
+            for j in range(n):
+                if ref[j] == 0:
+                    v[j] += gain * w[i, j]
+        if learn:
+            for i in range(n_in):
+                xpre[i] *= tdec
+            for j in range(n):
+                xpost[j] *= tdec
+            for k in range(ns):
+                i = spk[k]
+                xpre[i] += 1.0
+                for j in range(n):
+                    w[i, j] = max(0.0, w[i, j] - nu_pre * xpost[j])
+        fired = 0
+        for j in range(n):
+            if ref[j] > 0:
+                ref[j] -= 1
+            elif v[j] > vth + theta[j]:
+                fired += 1
+                counts[j] += 1
+                v[j] = 0.0
+                ref[j] = refr
+                if learn:
+                    theta[j] += thp
+                    xpost[j] += 1.0
+                    for i in range(n_in):
+                        w[i, j] = min(1.0, max(0.0, w[i, j] + nu_post * (xpre[i] - xtar)))
+        if fired > 0:
+            total += fired
+            for j in range(n):
+                if ref[j] == 0:
+                    v[j] -= inh * fired
+                    if v[j] < -vth:
+                        v[j] = -vth
+    if learn:
+        for j in range(n):
+            s = 0.0
+            for i in range(n_in):
+                s += w[i, j]
+            if s > 0:
+                for i in range(n_in):
+                    w[i, j] *= wsum / s
+    return total
+
+
+@njit(cache=True)
+def respond(imgs, w, theta, p, seed):
+    """Spike counts (n_images, n_neurons) without learning; image k uses seed + k."""
+    out = np.zeros((imgs.shape[0], w.shape[1]), np.float64)
+    for k in range(imgs.shape[0]):
+        present(imgs[k], w, theta, False, p, seed + k, out[k])
+    return out
+
+
+@njit(cache=True)
+def train(imgs, w, theta, p, epochs, seed):
+    """STDP over all images, `epochs` times, in a seeded shuffled order (D&C: boost input if silent)."""
+    n_img = imgs.shape[0]
+    counts = np.zeros(w.shape[1])
+    q = p.copy()
+    np.random.seed(seed)
+    k = 0
+    for e in range(epochs):
+        order = np.random.permutation(n_img)
+        for o in order:
+            q[1] = p[1]
+            for _ in range(3):
+                k += 1
+                if present(imgs[o], w, theta, True, q, seed * 7919 + k, counts) >= 3:
+                    break
+                q[1] += 0.5 * p[1]
+            np.random.seed(seed + 104729 * (e + 1) + k)
+
+
+def run_naive(img, w, theta, p: ModuleParams, rng_uniform: np.ndarray) -> np.ndarray:
+    """Slow twin of `present` without learning, for tests: uniforms (steps, n_in) given."""
+    n_in, n = w.shape
+    v = np.zeros(n)
+    ref = np.zeros(n, int)
+    counts = np.zeros(n)
+    decay = np.exp(-1.0 / p.tau_v_ms)
+    for t in range(p.steps):
+        spikes = rng_uniform[t] < img * p.max_rate_hz * 1e-3
+        v = v * decay
+        drive = p.gain * w[spikes].sum(axis=0)
+        v = np.where(ref == 0, v + drive, v)
+        fire = np.zeros(n, bool)
+        for j in range(n):
+            if ref[j] > 0:
+                ref[j] -= 1
+            elif v[j] > p.v_thresh_mv + theta[j]:
+                fire[j] = True
+                v[j] = 0.0
+                ref[j] = p.refractory_ms
+        counts += fire
+        if fire.any():
+            free = ref == 0
+            v[free] = np.maximum(v[free] - p.inhibition_mv * fire.sum(), -p.v_thresh_mv)
+    return counts
+
+
+@dataclass
+class Module:
+    """A trained module: weights, thresholds, neuron -> place labels, hyperactivity counts."""
+
+    places: np.ndarray                      # global place ids this module knows
+    w: np.ndarray
+    theta: np.ndarray
+    labels: np.ndarray                      # (n_neurons,) index into places, -1 = silent
+    ref_breadth: np.ndarray                 # (n_neurons,) number of reference places it fired for
+    params: ModuleParams = field(default_factory=ModuleParams)
+    max_breadth: int = 10**9                # neurons firing for more places are removed
+    seed: int = 0
+
+    @classmethod
+    def fit(cls, places, ref_imgs, params: ModuleParams | None = None, seed: int = 0) -> Module:
+        p = params or ModuleParams()
+        rng = np.random.default_rng(seed)
+        flat = np.ascontiguousarray(ref_imgs.reshape(len(ref_imgs), -1), dtype=np.float64)
+        w = rng.uniform(0.0, 0.3, (flat.shape[1], p.n_neurons))
+        w *= p.weight_sum / w.sum(axis=0)
+        theta = np.zeros(p.n_neurons)
+        pv = p.vector()
+        train(flat, w, theta, pv, p.epochs, seed)
+        counts = respond(flat, w, theta, pv, seed + 1_000_003)
+        labels = np.where(counts.max(axis=0) > 0, counts.argmax(axis=0), -1)
+        breadth = (counts > 0).sum(axis=0)
+        return cls(np.asarray(places), w, theta, labels, breadth, p, 10**9, seed)
+
+    def counts(self, imgs) -> np.ndarray:
+        flat = np.ascontiguousarray(imgs.reshape(len(imgs), -1), dtype=np.float64)
+        return respond(flat, self.w, self.theta, self.params.vector(), self.seed + 2_000_003)
+
+    def scores(self, counts: np.ndarray, max_breadth: int | None = None) -> np.ndarray:
+        """Per-place score (n_images, n_places): the best spike count of a kept neuron labelled with it."""
+        mb = self.max_breadth if max_breadth is None else max_breadth
+        keep = (self.labels >= 0) & (self.ref_breadth <= mb)
+        out = np.zeros((len(counts), len(self.places)))
+        for j in np.flatnonzero(keep):
+            out[:, self.labels[j]] = np.maximum(out[:, self.labels[j]], counts[:, j])
+        return out
+
+    def calibrate(self, cal_imgs, cal_local: np.ndarray) -> int:
+        """Pick the hyperactivity cut that maximises this module's Recall@1 on calibration frames."""
+        c = self.counts(cal_imgs)
+        best, best_r = -1.0, int(self.ref_breadth.max(initial=1))
+        for r in range(int(self.ref_breadth.max(initial=1)), 0, -1):
+            s = self.scores(c, r)
+            acc = float(np.mean(s.argmax(axis=1) == cal_local)) if len(cal_local) else 0.0
+            if acc > best:
+                best, best_r = acc, r
+        self.max_breadth = best_r
+        return best_r
