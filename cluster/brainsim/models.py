@@ -9,6 +9,7 @@
   Poisson inputs at nu_ext = eta * nu_thr with nu_thr = theta / (J C_E tau). The state is
   set by g and eta (Fig. 8): SR (g=3, eta=2), SI fast (g=6, eta=4), AI (g=5, eta=2),
   SI slow (g=4.5, eta=0.9).
+- Potjans & Diesmann (2014), Cereb. Cortex 24:785: the cortical microcircuit (see below).
 
 `scale` multiplies population sizes. For Brunel the in-degrees stay at the paper's
 values (so the mean-field state, which depends on C_E, J, g and eta, is kept) unless
@@ -83,5 +84,60 @@ def vogels_abbott_coba(scale: float, p: float = 0.02, delay_ms: float = 0.1, g_i
     return _vogels_abbott(scale, "lif_coba", 0.6, 6.7, p, delay_ms, -60.0, g_init=g_init)
 
 
-BUILTINS = {"brunel2000": brunel2000, "vogels_abbott_cuba": vogels_abbott_cuba,
+# Potjans & Diesmann (2014), Cereb. Cortex 24:785, Table 5 and the NEST reference
+# implementation: population sizes, connection probabilities [target][source] and
+# external in-degrees of L2/3, L4, L5, L6 (E, I).
+PD_NAMES = ("L23E", "L23I", "L4E", "L4I", "L5E", "L5I", "L6E", "L6I")
+PD_SIZES = (20683, 5834, 21915, 5479, 4850, 1065, 14395, 2948)
+PD_PROB = (
+    (0.1009, 0.1689, 0.0437, 0.0818, 0.0323, 0.0, 0.0076, 0.0),
+    (0.1346, 0.1371, 0.0316, 0.0515, 0.0755, 0.0, 0.0042, 0.0),
+    (0.0077, 0.0059, 0.0497, 0.1350, 0.0067, 0.0003, 0.0453, 0.0),
+    (0.0691, 0.0029, 0.0794, 0.1597, 0.0033, 0.0, 0.1057, 0.0),
+    (0.1004, 0.0622, 0.0505, 0.0057, 0.0831, 0.3726, 0.0204, 0.0),
+    (0.0548, 0.0269, 0.0257, 0.0022, 0.0600, 0.3158, 0.0086, 0.0),
+    (0.0156, 0.0066, 0.0211, 0.0166, 0.0572, 0.0197, 0.0396, 0.2252),
+    (0.0364, 0.0010, 0.0034, 0.0005, 0.0277, 0.0080, 0.0658, 0.1443),
+)
+PD_K_EXT = (1600, 1500, 2100, 1900, 2000, 1900, 2900, 2100)
+
+
+def potjans_diesmann_2014(scale: float, bg_rate_hz: float = 8.0, g: float = -4.0, psc_mv: float = 3.512):
+    """Potjans & Diesmann (2014) cortical microcircuit, current-based exponential synapses.
+
+    Neurons: C 250 pF, tau_m 10 ms, tau_syn 0.5 ms, E_L = V_reset = -65 mV, V_th -50 mV,
+    t_ref 2 ms. Synapses: PSC 87.8 pA (0.15 mV PSP) = 3.512 mV in units of R = tau_m / C,
+    10 % relative s.d., inhibitory x g = -4, L4E -> L2/3E doubled; delays 1.5 +- 0.75 ms
+    (E) and 0.8 +- 0.4 ms (I). Poisson background at 8 Hz per external synapse. In-degrees
+    are the full model's (total synapses log(1-p)/log(1-1/(N_pre N_post)) over N_post),
+    kept when `scale` shrinks the populations.
+    """
+    import math
+
+    from cluster.brainsim.spec import Dist
+
+    sizes = [max(1, round(n * scale)) for n in PD_SIZES]
+    pops = [Population(name=name, size=n, model="lif_cuba", tau_m_ms=10.0, v_rest_mv=-65.0, v_reset_mv=-65.0,
+                       v_thresh_mv=-50.0, t_ref_ms=2.0, tau_syn_e_ms=0.5, tau_syn_i_ms=0.5,
+                       v_init_mv=(-65.0, -50.0),
+                       external=External(rate_hz=k_ext * bg_rate_hz, weight=psc_mv))
+            for name, n, k_ext in zip(PD_NAMES, sizes, PD_K_EXT, strict=True)]
+    projs = []
+    for t, target in enumerate(PD_NAMES):
+        for s, source in enumerate(PD_NAMES):
+            p = PD_PROB[t][s]
+            if p <= 0:
+                continue
+            n_pre, n_post = PD_SIZES[s], PD_SIZES[t]
+            total = math.log(1 - p) / math.log(1 - 1 / (n_pre * n_post))
+            indegree = max(1, round(total / n_post))
+            w = psc_mv * (g if source.endswith("I") else 2.0 if (source, target) == ("L4E", "L23E") else 1.0)
+            delay = Dist(dist="normal", mean=0.8, std=0.4) if source.endswith("I") else \
+                Dist(dist="normal", mean=1.5, std=0.75)
+            projs.append(Projection(pre=source, post=target, rule="fixed_indegree", indegree=indegree,
+                                    weight=Dist(dist="normal", mean=w, std=abs(w) * 0.1), delay_ms=delay))
+    return pops, projs
+
+
+BUILTINS = {"brunel2000": brunel2000, "potjans_diesmann_2014": potjans_diesmann_2014, "vogels_abbott_cuba": vogels_abbott_cuba,
             "vogels_abbott_coba": vogels_abbott_coba}

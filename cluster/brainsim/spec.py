@@ -85,7 +85,8 @@ class Projection(_Spec):
 class NetworkSpec(_Spec):
     """The whole network: populations, projections, and how it is simulated."""
 
-    model: Literal["custom", "brunel2000", "vogels_abbott_cuba", "vogels_abbott_coba"] = "custom"
+    model: Literal["custom", "brunel2000", "vogels_abbott_cuba", "vogels_abbott_coba",
+                   "potjans_diesmann_2014"] = "custom"
     options: dict = Field(default_factory=dict, description="options of a built-in model")
     scale: float = Field(1.0, gt=0, description="multiplies population sizes of built-in models")
     dt_ms: float = Field(0.1, gt=0)

@@ -52,3 +52,13 @@ def test_cuba_is_low_rate_asynchronous_irregular():
         assert 1.0 < pop["rate_hz"] < 20.0, pop
         assert pop["cv_isi"] > 0.4, pop
         assert pop["chi"] < 0.2, pop
+
+
+def test_microcircuit_layers_fire_at_low_rates_with_l5e_the_most_active_excitatory_layer():
+    # Potjans & Diesmann (2014) Fig. 6: all populations below ~10 Hz at full scale, L2/3E
+    # and L6E near 1 Hz, L5E the highest excitatory rate; small scale keeps full in-degrees
+    rep = simulate(NetworkSpec(model="potjans_diesmann_2014", scale=0.05), 0.3, transient_ms=50)
+    rates = {name: pop["rate_hz"] for name, pop in rep["populations"].items()}
+    assert all(0.2 < r < 25.0 for r in rates.values()), rates
+    assert rates["L5E"] > max(rates["L23E"], rates["L4E"], rates["L6E"]), rates
+    assert rates["L6E"] < 3.0 and rates["L23E"] < 4.0, rates
