@@ -28,7 +28,9 @@ def factorise(tensor: np.ndarray, rank: int, n_iter: int = 200, seed: int = 0):
     import tensorly as tl
     from tensorly.decomposition import non_negative_parafac
 
-    cp = non_negative_parafac(tl.tensor(tensor), rank=rank, n_iter_max=n_iter, init="random", random_state=seed, tol=1e-7)
+    # SVD initialisation: deterministic, and random starts were seen to split one ensemble
+    # across two components and miss another
+    cp = non_negative_parafac(tl.tensor(tensor), rank=rank, n_iter_max=n_iter, init="svd", random_state=seed, tol=1e-7)
     weights, (a, b, c) = cp
     a = np.asarray(a) + np.asarray(b)  # the tensor is symmetric in its first two modes
     scale = a.max(0) + 1e-12
@@ -36,8 +38,9 @@ def factorise(tensor: np.ndarray, rank: int, n_iter: int = 200, seed: int = 0):
     return a / scale[None, :], c
 
 
-def communities(tensor: np.ndarray, a: np.ndarray, c: np.ndarray, resolution: float = 1.0, seed: int = 0) -> list[np.ndarray]:
-    """Per component: the members of the Louvain community carrying most of its loading."""
+def communities(tensor: np.ndarray, a: np.ndarray, c: np.ndarray, resolution: float = 1.0, seed: int = 0, min_loading: float = 0.3) -> list[np.ndarray]:
+    """Per component: the members of the Louvain community carrying most of its loading
+    (those with a loading of at least `min_loading` of the component's largest)."""
     import networkx as nx
 
     out = []
@@ -50,7 +53,7 @@ def communities(tensor: np.ndarray, a: np.ndarray, c: np.ndarray, resolution: fl
         g.add_weighted_edges_from((int(i), int(j), float(w[i, j])) for i, j in iu)
         parts = nx.community.louvain_communities(g, weight="weight", resolution=resolution, seed=seed)
         best = max(parts, key=lambda p: a[list(p), k].sum())
-        out.append(np.array(sorted(best), np.int64))
+        out.append(np.array(sorted(i for i in best if a[i, k] >= min_loading), np.int64))
     return out
 
 
@@ -73,6 +76,7 @@ class Connectome(Operator):
         refit_every: int = Field(10, ge=1, description="refactorise every this many windows")
         n_iter: int = Field(200, ge=10)
         resolution: float = Field(1.0, gt=0)
+        min_loading: float = Field(0.3, ge=0, le=1, description="members need this share of the top loading")
         seed: int = 0
         save_report: str | None = Field(None, description="write the final factors and members here (.npz)")
 
@@ -135,7 +139,7 @@ class Connectome(Operator):
         x = self.tensor()
         a, c = factorise(x, p.rank, p.n_iter, p.seed)
         self.loadings, self.time_courses = a, c
-        self.members = communities(x, a, c, p.resolution, p.seed)
+        self.members = communities(x, a, c, p.resolution, p.seed, p.min_loading)
         self.fits += 1
 
     def finish(self):

@@ -171,7 +171,8 @@ def run(config_path, config: dict, out_dir, quick: bool = False) -> dict:
         "flagged_frames": int((sh[:, 2] > 0).sum()),
     }
 
-    masks = np.load(out_dir / "masks.npy")
+    labels = np.load(out_dir / "masks.npy")
+    masks = np.stack([labels == i + 1 for i in range(labels.max())]) if labels.max() else np.zeros((0,) + labels.shape, bool)
     pairs = match_rois(masks, movie.masks)
     report["rois"] = {"truth": len(movie.masks), "found": len(masks), "matched": len(pairs)}
 

@@ -17,23 +17,41 @@ from pipeline.errors import DataError, SchemaError
 from pipeline.operator import Operator, Params, register
 
 
-def load_masks(path: str, shape: tuple[int, int], where: str) -> np.ndarray:
-    """(n, h, w) bool masks from a .npy of stacked masks or of a label image (0 = none)."""
+def load_masks(path: str, shape: tuple[int, int], where: str) -> list[np.ndarray]:
+    """Masks as flat pixel-index arrays, from a .npy of stacked (n, h, w) masks or of a
+    label image (h, w) (0 = no ROI, label i = ROI i-1 in sorted label order)."""
     try:
-        arr = np.load(path)
+        arr = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as exc:
         raise SchemaError(f"{where}: cannot read masks '{path}': {exc}") from None
+    got = arr.shape if arr.ndim == 2 else arr.shape[1:]
+    if arr.ndim not in (2, 3) or tuple(got) != tuple(shape):
+        raise SchemaError(f"{where}: masks '{path}' have shape {tuple(got)}, the frames are {tuple(shape)}: masks outside the field of view")
     if arr.ndim == 2:
-        labels = arr.astype(np.int64)
-        ids = [i for i in np.unique(labels) if i > 0]
-        arr = np.stack([labels == i for i in ids]) if ids else np.zeros((0,) + arr.shape, bool)
-    if arr.ndim != 3 or tuple(arr.shape[1:]) != tuple(shape):
-        raise SchemaError(f"{where}: masks '{path}' have shape {arr.shape[1:] if arr.ndim == 3 else arr.shape}, the frames are {tuple(shape)}: masks outside the field of view")
-    arr = arr.astype(bool)
-    empty = np.flatnonzero(arr.reshape(len(arr), -1).sum(1) == 0)
-    if empty.size:
-        raise SchemaError(f"{where}: masks '{path}' has empty mask(s) {empty[:5].tolist()}")
-    return arr
+        flat = np.asarray(arr).reshape(-1).astype(np.int64)
+        order = np.argsort(flat, kind="stable")
+        ids, starts = np.unique(flat[order], return_index=True)
+        bounds = list(starts[1:]) + [len(flat)]
+        pixels = [np.sort(order[a:b]) for i, a, b in zip(ids, starts, bounds, strict=True) if i > 0]
+    else:
+        pixels = [np.flatnonzero(m) for m in np.asarray(arr).reshape(len(arr), -1)]
+    empty = [i for i, p in enumerate(pixels) if p.size == 0]
+    if empty:
+        raise SchemaError(f"{where}: masks '{path}' has empty mask(s) {empty[:5]}")
+    return pixels
+
+
+def to_pixels(masks: np.ndarray) -> list[np.ndarray]:
+    """Dense (n, h, w) masks as flat pixel-index arrays."""
+    return [np.flatnonzero(m) for m in masks.reshape(len(masks), -1)]
+
+
+def to_labels(pixels: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Pixel lists as a label image (ROI i -> label i + 1; later ROIs win overlaps)."""
+    lab = np.zeros(int(np.prod(shape)), np.int32)
+    for i, p in enumerate(pixels):
+        lab[p] = i + 1
+    return lab.reshape(shape)
 
 
 def circle_masks(circles, shape: tuple[int, int], where: str) -> np.ndarray:
@@ -45,7 +63,7 @@ def circle_masks(circles, shape: tuple[int, int], where: str) -> np.ndarray:
         if cy - r < 0 or cx - r < 0 or cy + r > h - 1 or cx + r > w - 1:
             raise SchemaError(f"{where}: rois[{i}] = [{cy}, {cx}, {r}] lies outside the {h}x{w} field of view")
         out.append((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
-    return np.array(out, bool).reshape(len(out), h, w)
+    return to_pixels(np.array(out, bool).reshape(len(out), h, w))
 
 
 def find_masks(movie: np.ndarray, n_rois: int, radius_px: float, min_corr: float = 0.2, grow_corr: float = 0.4) -> np.ndarray:
@@ -89,26 +107,36 @@ def find_masks(movie: np.ndarray, n_rois: int, radius_px: float, min_corr: float
     return np.array(masks, bool).reshape(len(masks), h, w)
 
 
-def _csr(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    flat = masks.reshape(len(masks), -1)
-    idx = [np.flatnonzero(m) for m in flat]
-    ptr = np.zeros(len(idx) + 1, np.int64)
-    ptr[1:] = np.cumsum([len(i) for i in idx])
-    return (np.concatenate(idx).astype(np.int64) if idx else np.zeros(0, np.int64)), ptr
+def _csr(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    ptr = np.zeros(len(pixels) + 1, np.int64)
+    ptr[1:] = np.cumsum([len(p) for p in pixels])
+    idx = np.concatenate(pixels).astype(np.int64) if pixels else np.zeros(0, np.int64)
+    return idx, ptr
 
 
-def annuli(masks: np.ndarray, gap_px: int = 2, width_px: int = 6) -> np.ndarray:
-    """Neuropil annuli: a ring around each mask that avoids every mask."""
+def annuli(pixels: list[np.ndarray], shape: tuple[int, int], gap_px: int = 2, width_px: int = 6) -> list[np.ndarray]:
+    """Neuropil annuli: a ring around each mask that avoids every mask (dilated by gap_px);
+    computed in each mask's padded bounding box, so cost grows with ROI size, not frame size."""
     from scipy.ndimage import binary_dilation
 
-    if len(masks) == 0:
-        return masks
-    blocked = binary_dilation(masks.any(0), iterations=gap_px)
-    rings = np.zeros_like(masks)
-    for k, m in enumerate(masks):
-        inner = binary_dilation(m, iterations=gap_px)
-        rings[k] = binary_dilation(inner, iterations=width_px) & ~inner & ~blocked
-    return rings
+    h, w = shape
+    taken = np.zeros(h * w, bool)
+    for p in pixels:
+        taken[p] = True
+    blocked = binary_dilation(taken.reshape(shape), iterations=gap_px)
+    pad = gap_px + width_px + 1
+    out = []
+    for p in pixels:
+        ys, xs = np.divmod(p, w)
+        y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, h)
+        x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, w)
+        local = np.zeros((y1 - y0, x1 - x0), bool)
+        local[ys - y0, xs - x0] = True
+        inner = binary_dilation(local, iterations=gap_px)
+        ring = binary_dilation(inner, iterations=width_px) & ~inner & ~blocked[y0:y1, x0:x1]
+        ry, rx = np.nonzero(ring)
+        out.append(np.sort((ry + y0) * w + rx + x0))
+    return out
 
 
 @register
@@ -167,22 +195,22 @@ class RoiTraces(Operator):
         self.n_out = len(self._schema) - 1
         masks = self._given(shape)
         if masks is not None:
-            self._use(masks)
+            self._use(masks, shape)
 
-    def _use(self, masks):
-        self.masks = masks
+    def _use(self, pixels, shape):
+        self.masks = pixels
         if self.params.save_masks:
-            np.save(self.params.save_masks, masks)
-        self.idx, self.ptr = _csr(masks)
-        self.nidx, self.nptr = _csr(annuli(masks))
-        self._f = np.zeros(len(masks))
-        self._np = np.zeros(len(masks))
+            np.save(self.params.save_masks, to_labels(pixels, shape))
+        self.idx, self.ptr = _csr(pixels)
+        self.nidx, self.nptr = _csr(annuli(pixels, shape))
+        self._f = np.zeros(len(pixels))
+        self._np = np.zeros(len(pixels))
 
     def traces(self, frames: np.ndarray) -> np.ndarray:
         n = len(self.masks)
         out = np.zeros((len(frames), self.n_out), np.float32)
         for i, fr in enumerate(frames):
-            flat = fr.reshape(-1)
+            flat = np.ascontiguousarray(fr).reshape(-1)
             roi_means(flat, self.idx, self.ptr, self._f)
             roi_means(flat, self.nidx, self.nptr, self._np)
             out[i, :n] = self._f - self.params.neuropil * self._np
@@ -208,7 +236,7 @@ class RoiTraces(Operator):
         if len(masks) == 0:
             raise DataError(f"{self.node}: found no ROI in {len(movie)} warm-up frames (min_corr {self.params.min_corr})")
         self.found = len(masks)  # channels past `found` stay 0
-        self._use(masks)
+        self._use(to_pixels(masks), movie.shape[1:])
         return sch.samples_batch(t, self.traces(movie), self._schema)
 
     def finish(self):

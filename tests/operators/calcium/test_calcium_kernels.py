@@ -41,7 +41,7 @@ def test_roi_means_matches_twin():
     rng = np.random.default_rng(1)
     masks = rng.random((5, 10, 10)) < 0.3
     frame = rng.random((10, 10)).astype(np.float32)
-    idx, ptr = _csr(masks)
+    idx, ptr = _csr([np.flatnonzero(m) for m in masks.reshape(5, -1)])
     out = np.zeros(5)
     k.roi_means(frame.reshape(-1), idx, ptr, out)
     np.testing.assert_allclose(out, naive.roi_means(frame, masks), rtol=1e-6)

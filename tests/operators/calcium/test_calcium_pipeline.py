@@ -173,3 +173,36 @@ def test_trigger_names_a_missing_channel():
     with pytest.raises(ConfigError, match="channel 'comp7' is not in the input"):
         g.add("stim", "calcium_trigger", inputs={"in": "src.out"}, channel="comp7")
         g.check()
+
+
+@pytest.mark.parametrize("layout", ["labels", "stack", "circles"])
+def test_traces_from_given_masks_are_mask_means_minus_neuropil(tmp_path, movie, layout):
+    from operators.calcium.rois import annuli
+
+    masks = movie.masks
+    if layout == "labels":
+        lab = np.zeros(masks.shape[1:], np.int32)
+        for i, m in enumerate(masks):
+            lab[m] = i + 1
+        np.save(tmp_path / "m.npy", lab)
+        params = {"masks": str(tmp_path / "m.npy")}
+    elif layout == "stack":
+        np.save(tmp_path / "m.npy", masks)
+        params = {"masks": str(tmp_path / "m.npy")}
+    else:
+        params = {"rois": [[10.0, 12.0, 3.0], [30.0, 30.0, 4.0]]}
+    g = Graph("t")
+    g.add("src", "calcium_synthetic", batch_frames=25, **SMALL)
+    g.add("tr", "calcium_traces", inputs={"in": "src.out"}, neuropil=0.7, **params)
+    g.add("out", CollectSink(), inputs={"in": "tr.out"})
+    res = pipeline.run(g).results["out"]["batches"]
+    n = len(res[0].schema) - 1
+    got = np.concatenate([np.column_stack([sch.column(b, f"roi{i}") for i in range(n)]) for b in res])
+    if layout == "circles":
+        yy, xx = np.mgrid[0:48, 0:48]
+        masks = np.array([(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r for cy, cx, r in params["rois"]])
+    rings = annuli([np.flatnonzero(m) for m in masks], masks.shape[1:])
+    flat = movie.frames.reshape(len(movie.frames), -1)
+    want = np.column_stack([flat[:, m.reshape(-1)].mean(1) - 0.7 * flat[:, r].mean(1) for m, r in zip(masks, rings, strict=True)])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
