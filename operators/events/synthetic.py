@@ -126,7 +126,7 @@ def dvs_chunk(logf, times, ref, last_t, thr_on, thr_off, refractory_us):
 
 @numba.njit(cache=True, nogil=True)
 def _render_hand(cx, cy, scale, width, height, texture, out):
-    """Hand-like shape (palm, four fingers, thumb) at per-frame centres into out (k, H, W)."""
+    """Log intensity of a hand-like shape (palm, four fingers, thumb) at per-frame centres into out (k, H, W)."""
     k = cx.shape[0]
     # blobs relative to the palm centre, in units of `scale`: (dx, dy, rx, ry)
     blobs = np.array(
@@ -144,9 +144,10 @@ def _render_hand(cx, cy, scale, width, height, texture, out):
     for y in range(height):
         for x in range(width):
             bg[y, x] = 0.15 + 0.05 * texture[y % th, x % tw]
+    log_bg = np.log(bg + _EPS).astype(np.float32)
     for i in range(k):
         s = scale[i]
-        out[i] = bg
+        out[i] = log_bg
         # only pixels near the hand can differ from the background
         x0 = max(0, int(cx[i] - 1.3 * s) - 2)
         x1 = min(width, int(cx[i] + 1.3 * s) + 3)
@@ -170,7 +171,7 @@ def _render_hand(cx, cy, scale, width, height, texture, out):
                     tx = int(x - cx[i]) % tw
                     ty = int(y - cy[i]) % th
                     fg = 0.7 + 0.2 * texture[ty, tx]
-                    out[i, y, x] = bg[y, x] + best * (fg - bg[y, x])
+                    out[i, y, x] = math.log(bg[y, x] + best * (fg - bg[y, x]) + _EPS)
 
 
 # --- scenes --------------------------------------------------------------------------
@@ -231,14 +232,18 @@ def _texture(rng: np.random.Generator, n: int = 16) -> np.ndarray:
 
 
 def _render(scene: str, t_s: np.ndarray, width: int, height: int, duration_s: float, texture: np.ndarray,
-            label: int, speed: float, offset) -> np.ndarray:
-    """Intensity frames (k, H, W) float32 in (0, 1] for `scene` at times `t_s` (seconds)."""
-    k = len(t_s)
+            label: int, speed: float, offset, out: np.ndarray) -> None:
+    """Log intensity frames of `scene` at times `t_s` (seconds) into `out` (k, H, W) float32."""
     if scene == "gesture":
         cx, cy, scale = gesture_path(label, t_s, duration_s, width, height, speed, offset)
-        out = np.empty((k, height, width), np.float32)
-        _render_hand(cx, cy, scale, width, height, texture.astype(np.float64), out)
-        return out
+        _render_hand(cx, cy, scale, width, height, texture, out)
+        return
+    np.log(_intensity(scene, t_s, width, height, duration_s, texture, speed) + _EPS, out=out)
+
+
+def _intensity(scene: str, t_s: np.ndarray, width: int, height: int, duration_s: float, texture: np.ndarray,
+               speed: float) -> np.ndarray:
+    """Intensity frames (k, H, W) float32 in (0, 1] for `scene` at times `t_s` (seconds)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     tt = t_s.astype(np.float32)[:, None, None]
     if scene == "bars":
@@ -310,21 +315,22 @@ def simulate(scene: str = "gesture", *, width: int = 64, height: int = 64, durat
     n_steps = max(1, int(math.ceil(total_us / step_us)))
     times = np.minimum(np.arange(n_steps + 1, dtype=np.int64) * step_us, total_us)
 
-    def logframes(ts):
-        frames = _render(scene, ts / 1e6, width, height, duration_s, texture, label, speed, offset)
-        return np.log(frames + _EPS)
+    def logframes(ts, out):
+        _render(scene, ts / 1e6, width, height, duration_s, texture, label, speed, offset, out)
+        return out
 
-    prev = logframes(times[:1])
-    ref = prev[0].astype(np.float32)
+    prev = logframes(times[:1], np.empty((1, height, width), np.float32))
+    ref = prev[0].copy()
     last_t = np.full((height, width), -(1 << 40), np.int64)
     for s0 in range(0, n_steps, chunk_steps):
         s1 = min(n_steps, s0 + chunk_steps)
         ts = times[s0 + 1 : s1 + 1]
-        cur = logframes(ts)
-        stack = np.concatenate([prev, cur]).astype(np.float32)
+        stack = np.empty((len(ts) + 1, height, width), np.float32)
+        stack[0] = prev[0]
+        logframes(ts, stack[1:])
         tt = times[s0 : s1 + 1]
         t, x, y, p, ref, last_t = dvs_chunk(stack, tt, ref, last_t, thr_on, thr_off, np.int64(refractory_us))
-        prev = cur[-1:]
+        prev = stack[-1:]
         # background activity and hot pixels in [tt[0], tt[-1])
         span = int(tt[-1] - tt[0])
         extra = [(t, x, y, p)]
@@ -355,7 +361,7 @@ def _join(chunks) -> dict:
 def gesture_events(label: int | str, *, width: int = 64, height: int = 64, duration_s: float = 1.0,
                    seed: int = 0, speed: float = 1.0, offset=(0.0, 0.0), noise_hz: float = 0.1,
                    hot_pixels: int = 2, contrast: float = 0.2, refractory_us: int = 500,
-                   threshold_sigma: float = 0.03, hot_rate_hz: float = 1000.0, step_us: int = 1000,
+                   threshold_sigma: float = 0.03, hot_rate_hz: float = 1000.0, step_us: int = 2000,
                    t0_us: int = 0) -> dict:
     """One labelled gesture clip: {t int64 µs sorted, x, y uint16, p bool, label int}."""
     idx = _label_index(label)
