@@ -27,7 +27,7 @@ class ModuleParams:
     n_neurons: int = 100
     steps: int = 100            # presentation length, 1 ms steps
     max_rate_hz: float = 80.0   # input rate for a white pixel
-    gain: float = 1.0           # input weight scale (mV per unit weight per spike)
+    gain: float = 0.1           # input weight scale (mV per unit weight per spike)
     tau_v_ms: float = 100.0
     v_thresh_mv: float = 10.0
     refractory_ms: int = 5
@@ -38,9 +38,17 @@ class ModuleParams:
     nu_post: float = 0.02
     x_target: float = 0.2
     weight_sum: float = 78.0    # per neuron, as in Diehl & Cook
-    epochs: int = 3
+    epochs: int = 6
+    query_steps: int = 350      # longer, less inhibited presentations give graded query responses
+    query_inhibition_mv: float = 3.0
 
-    def vector(self) -> np.ndarray:
+    def vector(self, query: bool = False) -> np.ndarray:
+        v = self._vector()
+        if query:
+            v[0], v[6] = self.query_steps, self.query_inhibition_mv
+        return v
+
+    def _vector(self) -> np.ndarray:
         return np.array([self.steps, self.max_rate_hz, self.gain, self.tau_v_ms, self.v_thresh_mv,
                          self.refractory_ms, self.inhibition_mv, self.theta_plus_mv, self.tau_trace_ms,
                          self.nu_pre, self.nu_post, self.x_target, self.weight_sum], dtype=np.float64)
@@ -191,6 +199,7 @@ class Module:
     params: ModuleParams = field(default_factory=ModuleParams)
     max_breadth: int = 10**9                # neurons firing for more places are removed
     seed: int = 0
+    ref_peak: np.ndarray | None = None      # (n_neurons,) count on its own reference place
 
     @classmethod
     def fit(cls, places, ref_imgs, params: ModuleParams | None = None, seed: int = 0) -> Module:
@@ -202,14 +211,16 @@ class Module:
         theta = np.zeros(p.n_neurons)
         pv = p.vector()
         train(flat, w, theta, pv, p.epochs, seed)
-        counts = respond(flat, w, theta, pv, seed + 1_000_003)
+        counts = respond(flat, w, theta, p.vector(query=True), seed + 1_000_003)
         labels = np.where(counts.max(axis=0) > 0, counts.argmax(axis=0), -1)
         breadth = (counts > 0).sum(axis=0)
-        return cls(np.asarray(places), w, theta, labels, breadth, p, 10**9, seed)
+        m = cls(np.asarray(places), w, theta, labels, breadth, p, 10**9, seed)
+        m.ref_peak = np.maximum(counts.max(axis=0), 1.0)
+        return m
 
     def counts(self, imgs) -> np.ndarray:
         flat = np.ascontiguousarray(imgs.reshape(len(imgs), -1), dtype=np.float64)
-        return respond(flat, self.w, self.theta, self.params.vector(), self.seed + 2_000_003)
+        return respond(flat, self.w, self.theta, self.params.vector(query=True), self.seed + 2_000_003)
 
     def scores(self, counts: np.ndarray, max_breadth: int | None = None) -> np.ndarray:
         """Per-place score (n_images, n_places): the best spike count of a kept neuron labelled with it."""
@@ -217,7 +228,8 @@ class Module:
         keep = (self.labels >= 0) & (self.ref_breadth <= mb)
         out = np.zeros((len(counts), len(self.places)))
         for j in np.flatnonzero(keep):
-            out[:, self.labels[j]] = np.maximum(out[:, self.labels[j]], counts[:, j])
+            # Relative to the neuron's own reference response, so modules' scores compare.
+            out[:, self.labels[j]] = np.maximum(out[:, self.labels[j]], counts[:, j] / self.ref_peak[j])
         return out
 
     def calibrate(self, cal_imgs, cal_local: np.ndarray) -> int:

@@ -1,0 +1,148 @@
+"""Place-recognition operators: `place_route` (frames source), `place_ensemble`, `localisation` (sink)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from operators.control.place.ensemble import Ensemble, confidence
+from operators.control.place.network import ModuleParams
+from operators.control.place.route import SIDE, load_folders, synthetic
+from pipeline import schemas as sch
+from pipeline.errors import SchemaError
+from pipeline.operator import Operator, Params, Source, SourceParams, register
+
+FRAMES = sch.frames_schema((SIDE, SIDE), "float32")
+COMMANDS = sch.commands_schema({"place": "int32", "confidence": "float32"}, {"confidence": "margin 0..1"})
+
+
+def dataset(n_places: int, seed: int, folder: str | None) -> dict:
+    return load_folders(folder) if folder else synthetic(n_places, seed)
+
+
+class RouteParams(SourceParams):
+    n_places: int = Field(50, ge=2, description="places on the synthetic route")
+    seed: int = 0
+    traversal: Literal["query", "reference", "calibration"] = "query"
+    folder: str | None = Field(None, description="user dataset root with reference/ and query/ (replaces the synthetic route)")
+    rate_hz: float = Field(10.0, gt=0, description="frame rate of the replayed traversal")
+
+
+@register
+class PlaceRoute(Source):
+    """Replays one traversal of a route as patch-normalised 28x28 frames, one per batch."""
+
+    name = "place_route"
+    Params = RouteParams
+    outputs = {"out": "frames"}
+
+    def schemas(self, inputs):
+        return {"out": FRAMES}
+
+    def generate(self):
+        p = self.params
+        imgs = dataset(p.n_places, p.seed, p.folder)[p.traversal]
+        for i, img in enumerate(imgs):
+            yield sch.frames_batch([round(i * 1e6 / p.rate_hz)], img[None], FRAMES)
+
+
+class EnsembleParams(Params):
+    n_places: int = Field(50, ge=2, description="places of the synthetic route to learn")
+    seed: int = 0
+    folder: str | None = Field(None, description="user dataset root (reference/ learnt, calibration held out)")
+    places_per_module: int = Field(25, ge=2)
+    n_neurons: int = Field(100, ge=4, description="excitatory neurons per module")
+    epochs: int = Field(6, ge=1)
+    workers: int = Field(0, ge=0, description="0 = modules in-process, N = N Ray actors")
+    removal: bool = Field(True, description="remove hyperactive neurons (calibrated)")
+    sequence_k: int = Field(1, ge=1, description="sequence matching over the last k frames")
+
+
+@register
+class PlaceEnsemble(Operator):
+    """Frames in, best place out: every module scores every frame; the best neuron's place wins."""
+
+    name = "place_ensemble"
+    Params = EnsembleParams
+    inputs = {"in": "frames"}
+    outputs = {"out": "commands"}
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self._ens = None
+        self._hist: list[np.ndarray] = []
+
+    def schemas(self, inputs):
+        shape = sch.fact(inputs["in"], "shape")
+        if shape is not None and tuple(shape) != (SIDE, SIDE):
+            raise SchemaError(f"{self.node}: place_ensemble takes {SIDE}x{SIDE} frames, got {tuple(shape)}")
+        return {"out": COMMANDS}
+
+    def setup(self):
+        p = self.params
+        d = dataset(p.n_places, p.seed, p.folder)
+        mp = ModuleParams(n_neurons=p.n_neurons, epochs=p.epochs)
+        self._ens = Ensemble.fit(d["reference"], d["calibration"], d["calibration_places"], p.places_per_module,
+                                 mp, p.workers, p.seed)
+
+    def process(self, port, batch):
+        s = self._ens.scores(sch.frames_view(batch), self.params.removal)
+        z = (s - s.mean(axis=1, keepdims=True)) / np.maximum(s.std(axis=1, keepdims=True), 1e-9)
+        rows = []
+        for row in z:
+            self._hist = (self._hist + [row])[-self.params.sequence_k:]
+            acc = np.zeros_like(row)
+            for j, past in enumerate(reversed(self._hist)):  # place p now was place p - j, j frames ago
+                acc[j:] += past[: len(row) - j]
+            rows.append(acc / len(self._hist))
+        place, conf = confidence(np.array(rows))
+        return sch.commands_batch(sch.column(batch, "t"), COMMANDS, place=place.astype(np.int32),
+                                  confidence=conf.astype(np.float32))
+
+    def close(self):
+        if self._ens is not None:
+            self._ens.close()
+
+
+class LocalisationParams(Params):
+    threshold: float = Field(0.1, ge=0, le=1, description="below this confidence the answer is 'not sure'")
+
+
+@register
+class Localisation(Operator):
+    """The robot's localiser: keeps the latest place, and says 'not sure' below the threshold."""
+
+    name = "localisation"
+    Params = LocalisationParams
+    inputs = {"in": "commands"}
+    outputs = {}
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self.places: list[int] = []
+        self.confidences: list[float] = []
+
+    def schemas(self, inputs):
+        names = set(inputs["in"].names)
+        if not {"place", "confidence"} <= names:
+            raise SchemaError(f"{self.node}: localisation needs 'place' and 'confidence' columns, got {sorted(names)}")
+        return {}
+
+    def process(self, port, batch):
+        self.places.extend(sch.column(batch, "place").tolist())
+        self.confidences.extend(sch.column(batch, "confidence").tolist())
+
+    def state(self):
+        return {"places": self.places, "confidences": self.confidences}
+
+    def restore(self, state):
+        self.places, self.confidences = list(state["places"]), list(state["confidences"])
+
+    def result(self):
+        sure = [c >= self.params.threshold for c in self.confidences]
+        return {"frames": len(self.places), "not_sure": int(len(sure) - sum(sure)),
+                "places": [p if s else None for p, s in zip(self.places, sure, strict=True)],
+                "confidences": [round(c, 4) for c in self.confidences],
+                "last": (self.places[-1] if sure[-1] else "not sure") if sure else None}
