@@ -50,7 +50,7 @@ def worker(args) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     agents = [Agent(AgentOptions(name=n, manager=args.manager, keys=args.keys, telemetry_hz=args.hz,
-                                 work_dir=str(Path(args.work) / n), linger_s=args.drain_s, window=512))
+                                 work_dir=str(Path(args.work) / n), linger_s=args.drain_s))
               for n in args.names.split(",")]
     threads = [threading.Thread(target=a.run, args=(stop,), daemon=True) for a in agents]
     for t in threads:
@@ -156,18 +156,21 @@ def run_fleet(n: int, hz: float, seconds: float, per_proc: int, work: Path, drai
         mgr.wait(timeout=30)
     folder = work / "fleet" / "telemetry"
     files = _group_files(folder)
-    sent = recorded = dups = undelivered = 0
+    sent = recorded = dups = undelivered = lost = 0
     for name in names:
         seqs = [int(m[b"seq"]) for f in files.get(f"{name}.telemetry", [])
                 for _, m in StreamFile(folder / f).batches(with_meta=True)]
-        sent += made[name]["made"]
-        undelivered += made[name]["made"] - (made[name]["acked"] + 1)
+        m = made[name]
+        kept = set(range(m["acked"] + 1, m["made"]))  # unacknowledged at stop: kept in the robot's spool
+        sent += m["made"]
+        undelivered += len(kept - set(seqs))
+        lost += m["made"] - len(set(seqs) | kept)
         recorded += len(set(seqs))
         dups += len(seqs) - len(set(seqs))
     # undelivered: still unacknowledged when the robots stopped after `drain_s`; they keep it in
     # their spool (`.pending`) for the next start. lost: neither recorded nor kept. Must be 0.
     return {"robots": n, "hz": hz, "seconds": seconds, "drain_s": drain_s, "sent": sent, "recorded": recorded,
-            "undelivered_kept_by_robots": undelivered, "lost": sent - recorded - undelivered,
+            "undelivered_kept_by_robots": undelivered, "lost": lost,
             "duplicates_recorded": dups, "duplicates_dropped": sum(a["duplicates"] for a in report["agents"]),
             "manager_cpu_core_share": round((cpu1 - cpu0) / (wall1 - wall0), 3),
             "msgs_per_s": round(recorded / (wall1 - wall0), 1), "delivery": report["delivery"]}

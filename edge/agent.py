@@ -67,7 +67,9 @@ class AgentOptions:
     heartbeat_s: float = 0.5
     link_timeout_s: float = 2.0
     deadline_ms: float = 250.0
-    window: int = 256  # telemetry messages in flight before an ack
+    # telemetry in flight before an ack: small, so a slow manager's queue (= delivery delay)
+    # stays short and a resend repeats little; the spool holds the rest
+    window: int = 32
     resend_s: float = 1.0
     mem_bytes: int = 4 << 20
     work_dir: str | None = None  # spool and received models
