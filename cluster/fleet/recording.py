@@ -95,13 +95,23 @@ class FleetRecording:
         self.manifest["streams"] = {
             n: {"kind": "commands", "schema_b64": rec.schema_to_b64(s.schema) if s.schema is not None else None,
                 "fields": {f.name: str(f.type) for f in s.schema} if s.schema is not None else {},
-                "files": list(s.files), "batches": s.batches, "rows": s.rows, "t_start_us": s.t_start,
+                "files": list(s.files), "batches": s.batches, "rows": s.rows, "bytes": self._bytes(s),
+                "t_start_us": s.t_start,
                 "t_end_us": s.t_end, "first_seq": s.first_seq, "last_seq": s.last_seq, "seq_gaps": 0}
             for n, s in self.streams.items()
         }
         self.manifest["counts"] = {n: s.batches for n, s in self.streams.items()}
         self.manifest["start"], self.manifest["end"] = self.manifest["started"], self.manifest["ended"]
         rec.write_manifest(self.folder, self.manifest)
+
+    def _bytes(self, s: _Stream) -> int:
+        total = 0
+        for name in s.files:
+            try:
+                total += (self.folder / name).stat().st_size
+            except OSError:
+                pass
+        return total
 
     def close(self) -> None:
         for s in self.streams.values():

@@ -115,3 +115,20 @@ def test_bad_signature_and_bad_schema_are_rejected_and_counted(tmp_path, keys, m
         thread.join(timeout=10)
     assert helpers.seqs(mgr.recording.folder, "r2.telemetry") == [1]
     assert helpers.seqs(mgr.recording.folder, "r1.telemetry") == list(range(agent.spool.next_seq))
+
+
+def test_telemetry_folder_is_a_readable_recording(tmp_path, keys, manager, helpers):
+    from pipeline.recording import inspect_recording
+
+    mgr, endpoint = manager
+    agent, stop, thread = _start(tmp_path, keys, endpoint, "r1", [])
+    try:
+        helpers.wait_for(lambda: "r1" in mgr.agents and mgr.agents["r1"].received >= 10, what="telemetry")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    mgr.recording.write_manifest()
+    report = inspect_recording(mgr.recording.folder, repair=False)
+    stream = report["streams"]["r1.telemetry"]
+    assert stream["batches"] == mgr.agents["r1"].received and stream["seq_gaps"] == 0
+    assert not report["damage"]
