@@ -1,0 +1,117 @@
+"""Place recognition: data, module learning, ensemble (in-process and Ray), metrics, operators."""
+
+import numpy as np
+import pytest
+
+from operators.control.place import (
+    Ensemble,
+    Module,
+    ModuleParams,
+    load_folders,
+    metrics,
+    patch_normalise,
+    sequence_scores,
+)
+from operators.control.place.ensemble import sad_scores
+from operators.control.place.route import Route
+from pipeline.errors import DataError
+
+SMALL = ModuleParams(n_neurons=40, epochs=4)
+
+
+def _distinct(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return patch_normalise(rng.uniform(0, 1, (n, 28, 28)).astype(np.float32))
+
+
+def test_patch_normalise_centres_each_patch():
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0, 1, (28, 28)) * np.linspace(0.1, 3, 28)[None, :]
+    out = patch_normalise(img)
+    patches = out.reshape(4, 7, 4, 7)
+    assert np.allclose(patches.mean(axis=(1, 3)), 0.5, atol=0.06)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_route_traversals_differ_in_appearance_but_not_place():
+    route = Route.make(12)
+    assert len(route.corners) == 12 and len({tuple(c) for c in route.corners}) == 12
+    a, b = route.traversal(None, 0), route.traversal(None, 0)
+    assert np.array_equal(a, b)
+    from operators.control.place.route import Appearance
+
+    q = route.traversal(Appearance(), 3)
+    assert np.abs(q - a).mean() > 0.01
+    # SAD still finds most places: the appearance change leaves the scene recognisable
+    assert metrics(sad_scores(patch_normalise(a), patch_normalise(q)), np.arange(12))["recall@1"] >= 0.5
+
+
+def test_module_learns_distinct_places_and_removal_cut_is_calibrated():
+    imgs = _distinct(8)
+    m = Module.fit(np.arange(8), imgs, SMALL, seed=0)
+    assert (m.labels >= 0).sum() >= 8
+    before = np.mean(m.scores(m.counts(imgs)).argmax(axis=1) == np.arange(8))
+    assert before > 2 / 8  # well above chance (1/8)
+    cut = m.calibrate(imgs, np.arange(8))
+    assert 1 <= cut < 8
+    assert np.mean(m.scores(m.counts(imgs)).argmax(axis=1) == np.arange(8)) >= max(before, 0.75)
+
+
+def test_metrics_and_sequence_matching():
+    s = np.eye(6) + 0.01
+    m = metrics(s, np.arange(6))
+    assert m["recall@1"] == 1.0 and m["recall@100%precision"] == 1.0 and m["pr_auc"] > 0.8
+    wrong = np.roll(np.eye(6), 1, axis=1)
+    assert metrics(wrong, np.arange(6))["recall@1"] == 0.0
+    noisy = np.eye(6)
+    noisy[3] = np.roll(noisy[3], 2)  # one bad frame
+    assert metrics(sequence_scores(noisy, 3), np.arange(6))["recall@1"] > metrics(noisy, np.arange(6))["recall@1"]
+
+
+def test_folder_loader(tmp_path):
+    from skimage.io import imsave
+
+    rng = np.random.default_rng(0)
+    for sub in ("reference", "query"):
+        (tmp_path / sub).mkdir()
+        for i in range(6):
+            imsave(tmp_path / sub / f"{i:03d}.png", (rng.uniform(0, 255, (40, 50))).astype(np.uint8), check_contrast=False)
+    d = load_folders(tmp_path, calibration_every=3)
+    assert d["reference"].shape == (6, 28, 28)
+    assert d["calibration_places"].tolist() == [0, 3] and d["query_places"].tolist() == [1, 2, 4, 5]
+    (tmp_path / "query" / "005.png").unlink()
+    with pytest.raises(DataError, match="must match"):
+        load_folders(tmp_path)
+
+
+def test_graph_route_to_localiser():
+    from pipeline import run
+    from pipeline.graph import Graph
+
+    g = Graph.from_dict({"name": "t", "nodes": {
+        "route": {"op": "place_route", "params": {"n_places": 10, "traversal": "reference"}},
+        "ens": {"op": "place_ensemble", "inputs": {"in": "route.out"},
+                "params": {"n_places": 10, "places_per_module": 5, "n_neurons": 20, "epochs": 2}},
+        "loc": {"op": "localisation", "inputs": {"in": "ens.out"}, "params": {"threshold": 0.0}}}})
+    res = run(g, executor="local").results["loc"]
+    assert res["frames"] == 10 and res["not_sure"] == 0
+    assert sum(p == i for i, p in enumerate(res["places"])) >= 3  # reference frames mostly found
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_ensemble_equals_in_process(ray_session):
+    imgs = _distinct(8, seed=2)
+    local = Ensemble.fit(imgs, imgs, np.arange(8), 4, SMALL, workers=0, seed=5)
+    remote = Ensemble.fit(imgs, imgs, np.arange(8), 4, SMALL, workers=2, seed=5)
+    try:
+        assert np.allclose(local.scores(imgs), remote.scores(imgs))
+        assert sorted(remote.places().tolist()) == list(range(8))
+    finally:
+        remote.close()
