@@ -38,6 +38,17 @@ def factorise(tensor: np.ndarray, rank: int, n_iter: int = 200, seed: int = 0):
     return a / scale[None, :], c
 
 
+def match_components(previous: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The column order of `new` that best matches `previous` loadings (cosine, Hungarian),
+    so that a component keeps its index, and a trigger its ensemble, across refits."""
+    from scipy.optimize import linear_sum_assignment
+
+    pn = previous / (np.linalg.norm(previous, axis=0, keepdims=True) + 1e-12)
+    nn = new / (np.linalg.norm(new, axis=0, keepdims=True) + 1e-12)
+    _, cols = linear_sum_assignment(-(pn.T @ nn))
+    return cols
+
+
 def communities(tensor: np.ndarray, a: np.ndarray, c: np.ndarray, resolution: float = 1.0, seed: int = 0, min_loading: float = 0.3) -> list[np.ndarray]:
     """Per component: the members of the Louvain community carrying most of its loading
     (those with a loading of at least `min_loading` of the component's largest)."""
@@ -138,6 +149,9 @@ class Connectome(Operator):
             return
         x = self.tensor()
         a, c = factorise(x, p.rank, p.n_iter, p.seed)
+        if self.loadings is not None:  # keep component k the same ensemble across refits
+            order = match_components(self.loadings, a)
+            a, c = a[:, order], c[:, order]
         self.loadings, self.time_courses = a, c
         self.members = communities(x, a, c, p.resolution, p.seed, p.min_loading)
         self.fits += 1

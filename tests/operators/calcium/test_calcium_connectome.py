@@ -65,3 +65,12 @@ def test_spike_f1_counts_matches_within_one_frame():
     inferred = np.zeros((20, 1))
     inferred[[4, 12, 15, 18], 0] = 0.7  # 4 and 15 match; 12 and 18 do not
     assert spike_f1(inferred, truth) == pytest.approx(2 * 2 / (2 * 2 + 2 + 1))
+
+
+def test_match_components_keeps_indices_across_refits():
+    from operators.calcium.connectome import match_components
+
+    prev = np.eye(6)[:, :3] + 0.01
+    new = prev[:, [2, 0, 1]] * 2.0
+    order = match_components(prev, new)
+    np.testing.assert_allclose(new[:, order], prev * 2.0)
