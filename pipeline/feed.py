@@ -52,6 +52,10 @@ class Feed:
                 raise OperatorError(s.id, f"setup failed: {type(exc).__name__}: {exc}") from exc
             self._setup.append(s)
 
+    def results(self) -> dict:
+        """What sources report (stalls, skipped packets, clock offsets), by node."""
+        return {s.id: r for s in self.sources if (r := s.op.result()) is not None}
+
     def close(self) -> list[OperatorError]:
         failures = []
         for s in self._setup:

@@ -38,7 +38,7 @@ def run_local(graph: Graph, monitor=None, stop: threading.Event | None = None) -
         errors = feed.close() + stage.close()
     if errors:
         raise errors[0]
-    return stage.results(), _snapshots(graph, feed, stage)
+    return {**feed.results(), **stage.results()}, _snapshots(graph, feed, stage)
 
 
 def _snapshots(graph: Graph, feed: Feed, stage: Stage) -> list[dict]:

@@ -140,6 +140,7 @@ def emitted(op: Operator, result: Emitted) -> Iterable[tuple[str, pa.RecordBatch
 
 _REGISTRY: dict[str, type[Operator]] = {}
 _plugins_loaded = False
+_plugin_errors: dict[str, str] = {}  # family -> why it failed to import
 
 
 def register(cls: type[Operator]) -> type[Operator]:
@@ -178,7 +179,10 @@ def load_plugins() -> None:
             if exc.name and ep.value.split(":")[0].startswith(exc.name):
                 log.debug("operator plug-in %s not present: %s", ep.name, exc)
                 continue
-            raise
+            _plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # one broken family must not hide all the others
+            _plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+            log.warning("operator family '%s' failed to import: %s", ep.name, exc)
 
 
 def lookup(name: str) -> type[Operator]:
@@ -191,7 +195,8 @@ def lookup(name: str) -> type[Operator]:
 
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"unknown operator '{name}'{hint}") from None
+        broken = "".join(f"; operator family '{k}' failed to import ({v})" for k, v in _plugin_errors.items())
+        raise ConfigError(f"unknown operator '{name}'{hint}{broken}") from None
 
 
 def registry() -> dict[str, type[Operator]]:

@@ -460,7 +460,7 @@ def run_ray(
             ray.shutdown()
     if failures:
         raise OperatorError("close", failures[0])
-    results: dict = {}
+    results: dict = feed.results()
     snaps: list[dict] = []
     for res, snap in reports:
         results.update(res)
