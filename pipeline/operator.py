@@ -20,6 +20,10 @@ Example::
             return pa.RecordBatch.from_arrays(cols, schema=batch.schema)
 
     register(Scale)
+
+Every run builds fresh instances from the params (`Graph.fresh`), so anything an
+operator needs at run time is set up in `setup()`, not kept from `schemas()`; what a
+caller needs after a run goes into `result()`.
 """
 
 from __future__ import annotations
