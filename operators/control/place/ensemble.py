@@ -33,10 +33,10 @@ class _Worker:
             self.modules.append(_fit_region(*job))
         return len(self.modules)
 
-    def scores(self, imgs, removal: bool = True) -> np.ndarray:
+    def scores(self, imgs, removal: bool = True, readout: str | None = None) -> np.ndarray:
         out = []
         for m in self.modules:
-            out.append(m.scores(m.counts(imgs), None if removal else 10**9))
+            out.append(m.scores(m.counts(imgs), None if removal else 10**9, readout))
         return np.concatenate(out, axis=1) if out else np.zeros((len(imgs), 0))
 
     def places(self) -> np.ndarray:
@@ -90,15 +90,15 @@ class Ensemble:
             self._order = np.concatenate(parts)
         return self._order
 
-    def scores(self, imgs, removal: bool = True) -> np.ndarray:
-        """(n_images, n_places) scores in global place order."""
+    def scores(self, imgs, removal: bool = True, readout: str | None = None) -> np.ndarray:
+        """(n_images, n_places) scores in global place order (readout: module default, max, mean)."""
         imgs = np.asarray(imgs, dtype=np.float32)
         if self.remote:
             import ray
 
-            parts = ray.get([w.scores.remote(imgs, removal) for w in self.workers])
+            parts = ray.get([w.scores.remote(imgs, removal, readout) for w in self.workers])
         else:
-            parts = [w.scores(imgs, removal) for w in self.workers]
+            parts = [w.scores(imgs, removal, readout) for w in self.workers]
         s = np.concatenate(parts, axis=1)
         out = np.zeros_like(s)
         out[:, self.places()] = s

@@ -60,10 +60,12 @@ def run(config_path, config: dict, out_dir, quick: bool) -> dict:
     d = dataset(n, seed, ev.get("folder"))
     t0 = time.perf_counter()
     ens = Ensemble.fit(d["reference"], d["calibration"], d["calibration_places"], int(ev.get("places_per_module", 25)),
-                       ModuleParams(epochs=int(ev.get("epochs", 6))), int(ev.get("workers", 0)), seed)
+                       ModuleParams(epochs=int(ev.get("epochs", 12)), n_neurons=int(ev.get("n_neurons", 200))),
+                       int(ev.get("workers", 0)), seed)
     train_s = time.perf_counter() - t0
     truth = d["query_places"]
     raw = {"ensemble": ens.scores(d["query"]), "ensemble (no removal)": ens.scores(d["query"], removal=False),
+           "ensemble (best-neuron readout)": ens.scores(d["query"], readout="max"),
            "SAD": sad_scores(d["reference"], d["query"])}
     ens.close()
     rows, curves = {}, {}

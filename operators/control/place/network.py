@@ -24,7 +24,7 @@ from numba import njit
 class ModuleParams:
     """Network and learning constants (times in ms; potentials in mV above rest)."""
 
-    n_neurons: int = 100
+    n_neurons: int = 200
     steps: int = 100            # presentation length, 1 ms steps
     max_rate_hz: float = 80.0   # input rate for a white pixel
     gain: float = 0.1           # input weight scale (mV per unit weight per spike)
@@ -38,8 +38,9 @@ class ModuleParams:
     nu_post: float = 0.02
     x_target: float = 0.2
     weight_sum: float = 78.0    # per neuron, as in Diehl & Cook
-    epochs: int = 6
-    query_steps: int = 350      # longer, less inhibited presentations give graded query responses
+    epochs: int = 12
+    readout: str = "mean"       # "mean" of a place's neurons (Diehl & Cook) or its best neuron ("max")
+    query_steps: int = 700      # longer, less inhibited presentations give graded query responses
     query_inhibition_mv: float = 3.0
 
     def vector(self, query: bool = False) -> np.ndarray:
@@ -222,15 +223,25 @@ class Module:
         flat = np.ascontiguousarray(imgs.reshape(len(imgs), -1), dtype=np.float64)
         return respond(flat, self.w, self.theta, self.params.vector(query=True), self.seed + 2_000_003)
 
-    def scores(self, counts: np.ndarray, max_breadth: int | None = None) -> np.ndarray:
-        """Per-place score (n_images, n_places): the best spike count of a kept neuron labelled with it."""
+    def scores(self, counts: np.ndarray, max_breadth: int | None = None, readout: str | None = None) -> np.ndarray:
+        """Per-place score (n_images, n_places) from the kept neurons labelled with each place.
+
+        Counts are taken relative to each neuron's own reference response so that the
+        scores of independently trained modules compare. `max`: the best-responding
+        neuron (Hussaini et al.); `mean`: the mean over the place's neurons (Diehl & Cook),
+        which averages out Poisson noise and measured better on the synthetic route.
+        """
         mb = self.max_breadth if max_breadth is None else max_breadth
         keep = (self.labels >= 0) & (self.ref_breadth <= mb)
+        rel = counts[:, keep] / self.ref_peak[keep]
+        lab = self.labels[keep]
         out = np.zeros((len(counts), len(self.places)))
-        for j in np.flatnonzero(keep):
-            # Relative to the neuron's own reference response, so modules' scores compare.
-            out[:, self.labels[j]] = np.maximum(out[:, self.labels[j]], counts[:, j] / self.ref_peak[j])
-        return out
+        if (readout or self.params.readout) == "max":
+            for k in range(len(lab)):
+                out[:, lab[k]] = np.maximum(out[:, lab[k]], rel[:, k])
+            return out
+        np.add.at(out.T, lab, rel.T)
+        return out / np.maximum(np.bincount(lab, minlength=len(self.places)), 1)
 
     def calibrate(self, cal_imgs, cal_local: np.ndarray) -> int:
         """Pick the hyperactivity cut that maximises this module's Recall@1 on calibration frames."""

@@ -53,8 +53,9 @@ class EnsembleParams(Params):
     seed: int = 0
     folder: str | None = Field(None, description="user dataset root (reference/ learnt, calibration held out)")
     places_per_module: int = Field(25, ge=2)
-    n_neurons: int = Field(100, ge=4, description="excitatory neurons per module")
-    epochs: int = Field(6, ge=1)
+    n_neurons: int = Field(200, ge=4, description="excitatory neurons per module")
+    epochs: int = Field(12, ge=1)
+    readout: Literal["mean", "max"] = Field("mean", description="place score: mean of its neurons or best neuron")
     workers: int = Field(0, ge=0, description="0 = modules in-process, N = N Ray actors")
     removal: bool = Field(True, description="remove hyperactive neurons (calibrated)")
     sequence_k: int = Field(1, ge=1, description="sequence matching over the last k frames")
@@ -83,7 +84,7 @@ class PlaceEnsemble(Operator):
     def setup(self):
         p = self.params
         d = dataset(p.n_places, p.seed, p.folder)
-        mp = ModuleParams(n_neurons=p.n_neurons, epochs=p.epochs)
+        mp = ModuleParams(n_neurons=p.n_neurons, epochs=p.epochs, readout=p.readout)
         self._ens = Ensemble.fit(d["reference"], d["calibration"], d["calibration_places"], p.places_per_module,
                                  mp, p.workers, p.seed)
 
