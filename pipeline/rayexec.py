@@ -294,13 +294,16 @@ class _Driver:
         heads = [q[0][1] for q in self.inflight.values() if q]
         if not heads:
             return
-        ray.wait(heads, num_returns=1, timeout=1.0, fetch_local=False)
+        ready, _ = ray.wait(heads, num_returns=1, timeout=1.0, fetch_local=False)
+        if not ready:
+            return
+        # one more non-blocking wait over everything in flight finds all that finished
+        everything = [s for q in self.inflight.values() for _, s in q]
+        done, _ = ray.wait(everything, num_returns=len(everything), timeout=0, fetch_local=False)
+        done = set(done)
         for gi, q in self.inflight.items():
-            while q:
+            while q and q[0][1] in done:
                 w, status = q[0]
-                ready, _ = ray.wait([status], timeout=0, fetch_local=False)
-                if not ready:
-                    break
                 try:
                     ray.get(status)
                 except RayTaskError as exc:
@@ -315,7 +318,8 @@ class _Driver:
                     self.recover()
                     return
                 q.popleft()
-        self.settle_checkpoints()
+        if self.ckpt_pending:
+            self.settle_checkpoints()
         self.poll_monitor()
 
     def settle_checkpoints(self) -> None:
@@ -432,12 +436,14 @@ def run_ray(
     try:
         driver.start()
         feed.setup()
+        streaming = time.perf_counter()
         if compiled:
             dag = _run_compiled(driver, feed, stop)
             dag.teardown()  # actors serve ordinary calls again only after this
             dag = None
         else:
             driver.run(feed, stop)
+        streaming = time.perf_counter() - streaming
         reports = ray.get([a.report.remote() for a in driver.actors], timeout=120)
     except BaseException:
         for a in driver.actors:
@@ -465,7 +471,12 @@ def run_ray(
     for res, snap in reports:
         results.update(res)
         snaps += snap
-    recovery = {"actor_restarts": driver.restarts, "waves_resent": driver.recovered_waves, "actors": len(groups)}
+    recovery = {
+        "actor_restarts": driver.restarts,
+        "waves_resent": driver.recovered_waves,
+        "actors": len(groups),
+        "streaming_s": streaming,  # wall time with actors up (excludes their start)
+    }
     return results, driver.merge(snaps, feed), recovery
 
 
