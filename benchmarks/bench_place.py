@@ -1,7 +1,8 @@
 """Place-recognition scaling: places grow with modules; training time on 1 vs 2 Ray workers;
 query latency p50/p99 and queries/s. Peer: the SAD baseline's query latency on the same places.
 
-    .venv/bin/python benchmarks/bench_place.py [--quick]   -> benchmarks/results/place.json
+    .venv/bin/python benchmarks/bench_place.py [--quick] [--sizes 200 400]
+    -> benchmarks/results/place.json (place_quick.json with --quick)
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def _latency(fn, frames, reps):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sizes", type=int, nargs="*", help="place counts (default 500 1000 2500 5000; quick 50 100)")
     args = ap.parse_args()
-    sizes = [50, 100] if args.quick else [500, 1000, 2500, 5000]
+    sizes = args.sizes or ([50, 100] if args.quick else [500, 1000, 2500, 5000])
     params = ModuleParams(epochs=2 if args.quick else 6)
     reps = 20 if args.quick else 100
     import ray
@@ -54,9 +56,9 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row))
     ray.shutdown()
-    out = Path(__file__).parent / "results" / "place.json"
+    out = Path(__file__).parent / "results" / ("place_quick.json" if args.quick else "place.json")
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"quick": args.quick, "sizes": sizes, "rows": rows}, indent=2))
     print(f"written {out}")
 
 

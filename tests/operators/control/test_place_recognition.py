@@ -87,16 +87,20 @@ def test_folder_loader(tmp_path):
         load_folders(tmp_path)
 
 
-def test_graph_route_to_localiser():
-    from pipeline import run
+def _graph():
     from pipeline.graph import Graph
 
-    g = Graph.from_dict({"name": "t", "nodes": {
+    return Graph.from_dict({"name": "t", "nodes": {
         "route": {"op": "place_route", "params": {"n_places": 10, "traversal": "reference"}},
         "ens": {"op": "place_ensemble", "inputs": {"in": "route.out"},
                 "params": {"n_places": 10, "places_per_module": 5, "n_neurons": 20, "epochs": 2}},
         "loc": {"op": "localisation", "inputs": {"in": "ens.out"}, "params": {"threshold": 0.0}}}})
-    res = run(g, executor="local").results["loc"]
+
+
+def test_graph_route_to_localiser():
+    from pipeline import run
+
+    res = run(_graph(), executor="local").results["loc"]
     assert res["frames"] == 10 and res["not_sure"] == 0
     assert sum(p == i for i, p in enumerate(res["places"])) >= 3  # reference frames mostly found
 
@@ -118,3 +122,28 @@ def test_ray_ensemble_equals_in_process(ray_session):
         assert sorted(remote.places().tolist()) == list(range(8))
     finally:
         remote.close()
+
+
+def test_graph_same_answers_under_ray_executor(ray_session):
+    from pipeline import run
+
+    local = run(_graph(), executor="local").results["loc"]
+    remote = run(_graph(), executor="ray").results["loc"]
+    assert remote["places"] == local["places"] and remote["confidences"] == local["confidences"]
+
+
+def test_numba_kernel_matches_naive_twin():
+    from operators.control.place.network import present, run_naive
+
+    p = ModuleParams(n_neurons=30, steps=80, gain=0.4, inhibition_mv=4.0)
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 1, 784)
+    w = rng.uniform(0, 0.2, (784, 30))
+    w *= p.weight_sum / w.sum(axis=0)
+    theta = rng.uniform(0, 2, 30)
+    fast = np.zeros(30)
+    present(img, w.copy(), theta.copy(), False, p.vector(), 7, fast)
+    np.random.seed(7)  # Numba's np.random follows NumPy's legacy Mersenne Twister stream
+    slow = run_naive(img, w, theta, p, np.random.random((p.steps, 784)))
+    assert fast.sum() > 20
+    assert np.array_equal(fast, slow)
