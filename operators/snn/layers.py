@@ -180,7 +180,33 @@ class Neuron(nn.Module):
     def forward(self, x: Tensor, state=None):
         if state is None:
             state = self.initial_state(x.shape[0], x.device, x.dtype)
+        if not torch.is_grad_enabled() and self.alpha is None and self.state_quant is None:
+            y, state = self._sequence_inference(x.unsqueeze(0), state)
+            return y[0], state
         return self._step(x, state, self.params)
+
+    def _sequence_inference(self, xs: Tensor, state):
+        """The same recurrence without autograd: in place, no per-step allocation but the spikes."""
+        p = self.params
+        drive = p.gain * xs + p.leak
+        v = state[0].clone()
+        out = torch.empty_like(drive)
+        spiking = p.v_threshold is not None
+        if spiking:
+            scalar_reset = p.v_reset.numel() == 1
+            reset = float(p.v_reset) if scalar_reset else p.v_reset
+        for t in range(xs.shape[0]):
+            v.mul_(p.beta).add_(drive[t])
+            if spiking:
+                z = v > p.v_threshold
+                out[t] = z
+                if scalar_reset:
+                    v.masked_fill_(z, reset)
+                else:
+                    v = torch.where(z, reset, v)
+            else:
+                out[t] = v
+        return out, self.State(v)
 
     def _quant(self, v: Tensor) -> Tensor:
         grid, lo, hi = self.state_quant
@@ -190,6 +216,8 @@ class Neuron(nn.Module):
         """Run T steps (xs is (T, B, *shape)); returns (outputs (T, B, *shape), state)."""
         if state is None:
             state = self.initial_state(xs.shape[1], xs.device, xs.dtype)
+        if not torch.is_grad_enabled() and self.alpha is None and self.state_quant is None:
+            return self._sequence_inference(xs, state)
         p = self.params
         q = self._quant if self.state_quant is not None else None
         outs = []
