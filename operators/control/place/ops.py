@@ -102,6 +102,13 @@ class PlaceEnsemble(Operator):
         return sch.commands_batch(sch.column(batch, "t"), COMMANDS, place=place.astype(np.int32),
                                   confidence=conf.astype(np.float32))
 
+    def state(self):
+        """The sequence-matching window (the trained ensemble is rebuilt by setup from params)."""
+        return {"history": [row.tolist() for row in self._hist]}
+
+    def restore(self, state):
+        self._hist = [np.asarray(row) for row in state["history"]]
+
     def close(self):
         if self._ens is not None:
             self._ens.close()

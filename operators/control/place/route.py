@@ -85,7 +85,6 @@ class Route:
     @classmethod
     def make(cls, n_places: int, crop: int = 48, step: int = 24) -> Route:
         # Grow the mosaic so that the serpentine path has room for n_places crops.
-        per_tile = 1
         tile = 256
         while True:
             h_cells = (3 * tile - crop - 8) // step + 1
@@ -93,7 +92,6 @@ class Route:
             if h_cells * w_cells >= n_places:
                 break
             tile += 64
-            per_tile += 1
         mosaic = _mosaic(tile)
         corners = []
         for r in range(h_cells):

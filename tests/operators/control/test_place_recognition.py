@@ -147,3 +147,21 @@ def test_numba_kernel_matches_naive_twin():
     slow = run_naive(img, w, theta, p, np.random.random((p.steps, 784)))
     assert fast.sum() > 20
     assert np.array_equal(fast, slow)
+
+
+def test_ensemble_operator_sequence_state_round_trip():
+    from operators.control.place.ops import FRAMES, PlaceEnsemble
+    from pipeline import schemas as sch
+
+    params = PlaceEnsemble.Params(n_places=6, places_per_module=3, n_neurons=12, epochs=1, sequence_k=3)
+    a, b = PlaceEnsemble(params), PlaceEnsemble(params)
+    a.setup()
+    b.setup()
+    frames = _distinct(4, seed=9)
+    batches = [sch.frames_batch([i], frames[i:i + 1], FRAMES) for i in range(4)]
+    for batch in batches[:2]:
+        a.process("in", batch)
+    b.restore(a.state())
+    out_a, out_b = a.process("in", batches[2]), b.process("in", batches[2])
+    assert out_a.to_pydict() == out_b.to_pydict()
+    assert len(a.state()["history"]) == 3
