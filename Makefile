@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/reflexarc run configs/demo.yaml
+	$(BIN)/reflexarc run configs/dvs_gesture.yaml
 
 test: setup
 	$(BIN)/ruff check .
