@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import ConfigError, DataError, Problem
+from pipeline.graph import read_yaml
 
 
 class _Strict(BaseModel):
@@ -71,12 +72,7 @@ class EvolveConfig(_Strict):
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EvolveConfig:
     """Read the `evolve:` mapping of a YAML file; errors name the file and field."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config: {exc.strerror}", str(path)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"malformed YAML: {exc}", str(path)) from None
+    data = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("evolve"), dict):
         raise ConfigError("needs a top-level 'evolve:' mapping", str(path))
     section = data["evolve"]

@@ -139,15 +139,10 @@ def cmd_inspect(args) -> int:
 def cmd_eval(args) -> int:
     import importlib
 
-    import yaml
-
-    from pipeline.graph import apply_overrides
+    from pipeline.graph import apply_overrides, read_yaml
 
     path = Path(args.config)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config: {exc}", str(path)) from None
+    config = read_yaml(path)
     spec = (config or {}).get("eval")
     if not isinstance(spec, dict) or "runner" not in spec:
         raise ConfigError("has no 'eval: {runner: module:function}' section, so it has nothing to evaluate", str(path))

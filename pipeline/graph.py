@@ -111,18 +111,7 @@ class Graph:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Graph:
         """Load, override (`node.param=value`) and validate a YAML pipeline."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config: {exc.strerror}", str(path)) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            reason = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError(f"malformed YAML{where}: {reason}", str(path)) from None
+        data = read_yaml(path)
         return cls.from_dict(data, source=str(path), overrides=overrides)
 
     @classmethod
@@ -440,6 +429,22 @@ class Graph:
                     seen.add(c)
                     stack.append(c)
         return [n for n in self.order if n in seen]
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; ConfigError names the file, and the line and column when malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"malformed YAML{where}: {reason}", str(path)) from None
 
 
 def apply_overrides(data: dict, overrides, problems: list[Problem]) -> None:

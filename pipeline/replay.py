@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 from pydantic import Field
 
 from pipeline.errors import ConfigError, Problem
-from pipeline.graph import Graph
+from pipeline.graph import Graph, read_yaml
 from pipeline.operator import Operator, Params, Source, SourceParams, lookup, register
 from pipeline.recording import Recording, first_t, shift_t
 
@@ -175,12 +174,7 @@ def _load_config(config: str | Path | dict) -> tuple[dict, str | None]:
     if isinstance(config, dict):
         return dict(config), None
     path = Path(config)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config: {exc.strerror}", str(path)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"malformed YAML: {exc}", str(path)) from None
+    data = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), dict):
         raise ConfigError("a pipeline config must be a mapping with a 'nodes' mapping", str(path))
     return data, str(path)
