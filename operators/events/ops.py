@@ -15,13 +15,10 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from operators.events import kernels as K
+from operators.events.columns import events_batch, polarity, txy
 from pipeline import schemas as sch
 from pipeline.errors import DataError, SchemaError
 from pipeline.operator import Operator, Params, register
-
-
-def _cols(batch):
-    return sch.column(batch, "t"), sch.column(batch, "x"), sch.column(batch, "y")
 
 
 def _size(schema) -> tuple[int, int]:
@@ -59,6 +56,10 @@ class EventOperator(Operator):
     def _validate(self, t, x, y):
         """Kernels index per-pixel maps: refuse events outside the sensor or out of order."""
         t_last = getattr(self, "t_last", K.NEVER)
+        if K.all_valid(t, x, y, self.width, self.height, np.int64(t_last)):
+            if len(t):
+                self.t_last = int(t[-1])
+            return
         bad = K.check_sorted_inside(t, x, y, self.width, self.height, np.int64(t_last))
         if bad >= 0:
             if t[bad] < (t[bad - 1] if bad else t_last):
@@ -85,13 +86,13 @@ class FilterOperator(EventOperator):
         self._ensure(batch)
         if batch.num_rows == 0:
             return batch
-        t, x, y = _cols(batch)
+        t, x, y = txy(batch)
         self._validate(t, x, y)
         keep = self.keep(batch)
-        cols = K.compact(t, x, y, sch.column(batch, "p"), keep)
+        cols = K.compact(t, x, y, polarity(batch), keep)
         self.passed += len(cols[0])
         self.dropped += batch.num_rows - len(cols[0])
-        return sch.events_batch(*cols, batch.schema)
+        return events_batch(*cols, batch.schema)
 
     def result(self):
         return {"passed": self.passed, "dropped": self.dropped}
@@ -111,7 +112,7 @@ class BackgroundFilter(FilterOperator):
     def keep(self, batch):
         if getattr(self, "last", None) is None:
             self.last = np.full((self.height + 2, self.width + 2), K.NEVER, np.int64)  # bordered
-        t, x, y = _cols(batch)
+        t, x, y = txy(batch)
         keep, self.last = K.background_activity(t, x, y, self.last, np.int64(self.params.time_us))
         return keep
 
@@ -136,7 +137,7 @@ class RefractoryFilter(FilterOperator):
     def keep(self, batch):
         if getattr(self, "last", None) is None:
             self.last = np.full((self.height, self.width), K.NEVER, np.int64)
-        t, x, y = _cols(batch)
+        t, x, y = txy(batch)
         keep, self.last = K.refractory(t, x, y, self.last, np.int64(self.params.refractory_us))
         return keep
 
@@ -167,7 +168,7 @@ class HotPixelFilter(FilterOperator):
             self.prev = np.zeros(shape, np.int64)
         p = self.params
         max_count = np.int64(max(1, int(p.max_rate_hz * p.window_us / 1e6)))
-        t, x, y = _cols(batch)
+        t, x, y = txy(batch)
         keep, self.win, self.count, self.prev = K.hot_pixel(t, x, y, self.win, self.count, self.prev,
                                                             np.int64(p.window_us), max_count)
         return keep
@@ -237,10 +238,10 @@ class RoiCrop(EventOperator):
     def process(self, port, batch):
         self._ensure(batch)
         p = self.params
-        t, x, y = _cols(batch)
+        t, x, y = txy(batch)
         keep = K.roi(x, y, p.x, p.y, p.width, p.height)
         out_schema = self.out_schema(batch.schema)
-        return sch.events_batch(t[keep], x[keep] - p.x, y[keep] - p.y, sch.column(batch, "p")[keep], out_schema)
+        return events_batch(t[keep], x[keep] - p.x, y[keep] - p.y, polarity(batch)[keep], out_schema)
 
 
 class DownsampleParams(Params):
@@ -262,8 +263,8 @@ class Downsample(EventOperator):
     def process(self, port, batch):
         self._ensure(batch)
         f = np.uint16(self.params.factor)
-        t, x, y = _cols(batch)
-        return sch.events_batch(t, x // f, y // f, sch.column(batch, "p"), self.out_schema(batch.schema))
+        t, x, y = txy(batch)
+        return events_batch(t, x // f, y // f, polarity(batch), self.out_schema(batch.schema))
 
 
 class PolarityParams(Params):
@@ -285,8 +286,8 @@ class Polarity(EventOperator):
     def process(self, port, batch):
         mode = self.params.mode
         if mode == "merge":
-            return sch.events_batch(*_cols(batch), np.ones(batch.num_rows, bool), batch.schema)
-        p = pa.array(sch.column(batch, "p"))
+            return events_batch(*txy(batch), np.ones(batch.num_rows, bool), batch.schema)
+        p = batch.column(batch.schema.get_field_index("p"))
         if mode == "on":
             return batch.filter(p)
         if mode == "off":
@@ -424,10 +425,10 @@ class Accumulator(EventOperator):
             self.acc = self.fresh()
         if batch.num_rows == 0:
             return None
-        t, x, y = _cols(batch)
+        t, x, y = txy(batch)
         self._validate(t, x, y)
         done, first, self.cur_win, self.acc = type(self).kernel(
-            t, x, y, sch.column(batch, "p"), np.int64(self.params.window_us), np.int64(self.cur_win), self.acc)
+            t, x, y, polarity(batch), np.int64(self.params.window_us), np.int64(self.cur_win), self.acc)
         return self.emit(done, first)
 
     def finish(self):
