@@ -224,15 +224,143 @@ def deliver(steps, neurons, indptr, tgt, w, dch, buf):
 
 
 @njit(cache=True, nogil=True)
+def _external(rng, bufc, a, b, lam, extw):
+    """Add each neuron's external Poisson input of this step to its arrival slot."""
+    for i in range(a, b):
+        bufc[i] += poisson_draw(rng, i, lam) * extw
+
+
+@njit(cache=True, nogil=True)
+def _lif_cuba(v, ge, gi, refr, bufe, bufi, fired, p22, p21e, p21i, dece, deci, vrest, vth, vreset, ref):
+    """One exact step of current-based LIFs; returns how many fired (flags in `fired`).
+
+    The arrays are one population's slices. Branch-free (selects, not jumps) and indexed
+    from 0 (no negative-index wraparound) so that LLVM vectorises the loop; the arithmetic
+    is the same expression, in the same order, as the scalar form in the naive twin.
+    """
+    n_fired = 0
+    for i in range(v.shape[0]):
+        in_e = bufe[i]
+        in_i = bufi[i]
+        bufe[i] = 0.0
+        bufi[i] = 0.0
+        r = refr[i]
+        vi = v[i]
+        gei = ge[i]
+        gii = gi[i]
+        v_new = vrest + (vi - vrest) * p22 + gei * p21e + gii * p21i
+        active = r <= 0
+        vi = v_new if active else vi
+        r = r if active else r - 1
+        ge[i] = gei * dece + in_e
+        gi[i] = gii * deci + in_i
+        fire = (r == 0) & (vi >= vth)
+        v[i] = vreset if fire else vi
+        refr[i] = ref if fire else r
+        fired[i] = fire
+        n_fired += fire
+    return n_fired
+
+
+@njit(cache=True, nogil=True)
+def _lif_coba(v, ge, gi, refr, bufe, bufi, fired, dece, deci, vrest, vth, vreset, ref, e_e, e_i, dt_tau):
+    """One step of conductance-based LIFs (one population's slices): exponential Euler at
+    frozen conductance."""
+    n_fired = 0
+    for i in range(v.shape[0]):
+        in_e = bufe[i]
+        in_i = bufi[i]
+        bufe[i] = 0.0
+        bufi[i] = 0.0
+        r = refr[i]
+        if r > 0:
+            r -= 1
+        else:
+            gtot = 1.0 + ge[i] + gi[i]
+            vinf = (vrest + ge[i] * e_e + gi[i] * e_i) / gtot
+            v[i] = vinf + (v[i] - vinf) * math.exp(-dt_tau * gtot)
+        ge[i] = ge[i] * dece + in_e
+        gi[i] = gi[i] * deci + in_i
+        fire = (r == 0) & (v[i] >= vth)
+        v[i] = vreset if fire else v[i]
+        refr[i] = ref if fire else r
+        fired[i] = fire
+        n_fired += fire
+    return n_fired
+
+
+@njit(cache=True, nogil=True)
+def _lif_delta(v, refr, bufe, bufi, fired, p22, vrest, vth, vreset, ref):
+    """One exact step of delta-synapse LIFs (one population's slices): the input is a jump of v."""
+    n_fired = 0
+    for i in range(v.shape[0]):
+        jump = bufe[i] + bufi[i]
+        bufe[i] = 0.0
+        bufi[i] = 0.0
+        r = refr[i]
+        vi = v[i]
+        v_new = vrest + (vi - vrest) * p22 + jump
+        active = r <= 0
+        vi = v_new if active else vi
+        r = r if active else r - 1
+        fire = (r == 0) & (vi >= vth)
+        v[i] = vreset if fire else vi
+        refr[i] = ref if fire else r
+        fired[i] = fire
+        n_fired += fire
+    return n_fired
+
+
+@njit(cache=True, nogil=True)
+def _poisson(rng, fired, p_spike):
+    """One step of Poisson generators (one population's slices); returns how many fired."""
+    n_fired = 0
+    for i in range(fired.shape[0]):
+        fire = next_uniform(rng, i) < p_spike
+        fired[i] = fire
+        n_fired += fire
+    return n_fired
+
+
+@njit(cache=True, nogil=True)
+def _gather(fired, n_fired, step, lo, out_steps, out_neurons, count):
+    """Append the flagged neurons, in index order, as spikes at `step`; clear the flags.
+
+    `fired` is padded to a multiple of 8 bytes and read a word at a time: at a few spikes
+    per step almost every word is zero.
+    """
+    words = fired.view(np.uint64)
+    k = 0
+    while n_fired > 0:
+        if words[k] != 0:
+            for i in range(8 * k, 8 * k + 8):
+                if fired[i]:
+                    fired[i] = 0
+                    out_steps[count] = step
+                    out_neurons[count] = lo + i
+                    count += 1
+                    n_fired -= 1
+        k += 1
+    return count
+
+
+def fired_scratch(n: int) -> np.ndarray:
+    """The `fired` flags `advance` needs for n neurons: zeros, padded to whole 8-byte words."""
+    return np.zeros(-(-n // 8) * 8, np.uint8)
+
+
+@njit(cache=True, nogil=True)
 def advance(pops, pidx, lo, step0, n_steps, v, ge, gi, refr, rng, buf, src_steps, src_neurons, src_ptr,
-            out_steps, out_neurons):
+            out_steps, out_neurons, fired):
     """Update neurons from step `step0` for `n_steps` steps; return the spike count written.
 
     One step t -> t+1: exact propagation of the linear sub-threshold dynamics (CUBA,
     delta synapses; exponential Euler at frozen conductance for COBA), then the input
     arriving at t+1 from the ring buffer and the external Poisson drive, then threshold,
     reset and refractoriness. A spike is stamped with step t+1. Populations are contiguous
-    index ranges, so each is updated in its own loop with its parameters held in registers.
+    index ranges, so each is updated in its own loop with its parameters held in registers;
+    the update loops only flag who fired in `fired` (see `fired_scratch`), and the spikes
+    are gathered once per step in neuron order, then the spike sources' are appended.
     """
     ring = buf.shape[0]
     n = v.shape[0]
@@ -240,6 +368,9 @@ def advance(pops, pidx, lo, step0, n_steps, v, ge, gi, refr, rng, buf, src_steps
     count = 0
     for t in range(step0, step0 + n_steps):
         slot = (t + 1) % ring
+        bufe = buf[slot, 0]
+        bufi = buf[slot, 1]
+        n_fired = 0
         for r in range(pops.shape[0]):
             row = pops[r]
             a = max(lo, int(row[P_LO])) - lo
@@ -248,57 +379,25 @@ def advance(pops, pidx, lo, step0, n_steps, v, ge, gi, refr, rng, buf, src_steps
                 continue
             model = int(row[P_MODEL])
             if model == POISSON:
-                p_spike = row[P_RATEP]
-                for i in range(a, b):
-                    if next_uniform(rng, i) < p_spike:
-                        out_steps[count] = t + 1
-                        out_neurons[count] = lo + i
-                        count += 1
+                n_fired += _poisson(rng[a:b], fired[a:b], row[P_RATEP])
                 continue
             if model == SPIKE_SOURCE:
                 continue
-            p22, p21e, p21i = row[P_P22], row[P_P21E], row[P_P21I]
-            dece, deci, vrest, vth, vreset = row[P_DECE], row[P_DECI], row[P_VREST], row[P_VTH], row[P_VRESET]
-            ref, lam, extw, ext_inh = int(row[P_REF]), row[P_EXTLAM], row[P_EXTW], row[P_EXTCH] > 0.5
-            e_e, e_i, dt_tau = row[P_EE], row[P_EI], row[P_DT] / row[P_TAUM]
-            for i in range(a, b):
-                in_e = buf[slot, 0, i]
-                in_i = buf[slot, 1, i]
-                buf[slot, 0, i] = 0.0
-                buf[slot, 1, i] = 0.0
-                if lam > 0.0:
-                    ext = poisson_draw(rng, i, lam) * extw
-                    if ext_inh:
-                        in_i += ext
-                    else:
-                        in_e += ext
-                if model == LIF_CUBA:
-                    if refr[i] > 0:
-                        refr[i] -= 1
-                    else:
-                        v[i] = vrest + (v[i] - vrest) * p22 + ge[i] * p21e + gi[i] * p21i
-                    ge[i] = ge[i] * dece + in_e
-                    gi[i] = gi[i] * deci + in_i
-                elif model == LIF_COBA:
-                    if refr[i] > 0:
-                        refr[i] -= 1
-                    else:
-                        gtot = 1.0 + ge[i] + gi[i]
-                        vinf = (vrest + ge[i] * e_e + gi[i] * e_i) / gtot
-                        v[i] = vinf + (v[i] - vinf) * math.exp(-dt_tau * gtot)
-                    ge[i] = ge[i] * dece + in_e
-                    gi[i] = gi[i] * deci + in_i
-                else:  # LIF_DELTA: the input is a jump of the membrane potential
-                    if refr[i] > 0:
-                        refr[i] -= 1
-                    else:
-                        v[i] = vrest + (v[i] - vrest) * p22 + in_e + in_i
-                if refr[i] == 0 and v[i] >= vth:
-                    v[i] = vreset
-                    refr[i] = ref
-                    out_steps[count] = t + 1
-                    out_neurons[count] = lo + i
-                    count += 1
+            ref, vth, vreset, vrest = int(row[P_REF]), row[P_VTH], row[P_VRESET], row[P_VREST]
+            if row[P_EXTLAM] > 0.0:
+                _external(rng, bufi if row[P_EXTCH] > 0.5 else bufe, a, b, row[P_EXTLAM], row[P_EXTW])
+            if model == LIF_CUBA:
+                n_fired += _lif_cuba(v[a:b], ge[a:b], gi[a:b], refr[a:b], bufe[a:b], bufi[a:b], fired[a:b],
+                                     row[P_P22], row[P_P21E], row[P_P21I], row[P_DECE], row[P_DECI], vrest, vth,
+                                     vreset, ref)
+            elif model == LIF_COBA:
+                n_fired += _lif_coba(v[a:b], ge[a:b], gi[a:b], refr[a:b], bufe[a:b], bufi[a:b], fired[a:b],
+                                     row[P_DECE], row[P_DECI], vrest, vth, vreset, ref, row[P_EE], row[P_EI],
+                                     row[P_DT] / row[P_TAUM])
+            else:
+                n_fired += _lif_delta(v[a:b], refr[a:b], bufe[a:b], bufi[a:b], fired[a:b], row[P_P22], vrest, vth,
+                                      vreset, ref)
+        count = _gather(fired, n_fired, t + 1, lo, out_steps, out_neurons, count)
         # spike sources: their (step, local neuron) list is sorted by step
         p = src_ptr[0]
         while p < src_steps.shape[0] and src_steps[p] <= t + 1:
@@ -331,10 +430,11 @@ def run_windows(n_windows, window, step0, pops, pidx, lo, v, ge, gi, refr, rng, 
     m = 0
     no_src = np.empty(0, np.int64)
     src_ptr = np.zeros(1, np.int64)
+    fired = np.zeros(-(-n // 8) * 8, np.uint8)  # as fired_scratch(n)
     for k in range(n_windows):
         deliver(prev_s[:n_prev], prev_n[:n_prev], indptr, tgt, w, dch, buf)
         c = advance(pops, pidx, lo, step0 + k * window, window, v, ge, gi, refr, rng, buf, no_src, no_src,
-                    src_ptr, cur_s, cur_n)
+                    src_ptr, cur_s, cur_n, fired)
         if m + c > cap:
             cap = 2 * (m + c)
             grown_s = np.empty(cap, np.int64)

@@ -168,6 +168,7 @@ class Partition:
         self.src_ptr = np.zeros(1, np.int64)
         self.out_steps = np.empty(n * self.window + len(self.src_steps) + 1, np.int64)
         self.out_neurons = np.empty_like(self.out_steps)
+        self.fired = k.fired_scratch(n)
         self.step = 0
         self._compile()
 
@@ -176,7 +177,8 @@ class Partition:
         none = np.empty(0, np.int64)
         k.deliver(none, none, self.indptr, self.tgt, self.w, self.dch, self.buf)
         k.advance(self.layout.pops, self.pidx, self.lo, 0, 0, self.v, self.ge, self.gi, self.refr, self.rng,
-                  self.buf, self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons)
+                  self.buf, self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons,
+                  self.fired)
 
     @property
     def synapses(self) -> int:
@@ -192,7 +194,7 @@ class Partition:
             k.deliver(steps, neurons, self.indptr, self.tgt, self.w, self.dch, self.buf)
         c = k.advance(self.layout.pops, self.pidx, self.lo, self.step, self.window, self.v, self.ge, self.gi,
                       self.refr, self.rng, self.buf, self.src_steps, self.src_neurons, self.src_ptr,
-                      self.out_steps, self.out_neurons)
+                      self.out_steps, self.out_neurons, self.fired)
         self.step += self.window
         return self.out_steps[:c].copy(), self.out_neurons[:c].copy()
 
