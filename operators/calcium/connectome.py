@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from operators.calcium import samples
 from operators.calcium.kernels import window_affinity
 from pipeline import schemas as sch
 from pipeline.operator import Operator, Params, register
@@ -89,6 +90,7 @@ class Connectome(Operator):
         resolution: float = Field(1.0, gt=0)
         min_loading: float = Field(0.3, ge=0, le=1, description="members need this share of the top loading")
         seed: int = 0
+        refit_at_end: bool = Field(True, description="factorise the held windows once more when the stream ends")
         save_report: str | None = Field(None, description="write the final factors and members here (.npz)")
 
     def schemas(self, inputs):
@@ -110,7 +112,7 @@ class Connectome(Operator):
     def process(self, port, batch):
         p = self.params
         t = sch.column(batch, "t")
-        x = np.column_stack([sch.column(batch, f.name) for f in batch.schema if f.name != "t"]).astype(np.float64)
+        x = samples.matrix(batch).astype(np.float64)
         if self._schema is None:
             self._schema = self.schemas({"in": batch.schema})["out"]
             self.ring = np.zeros((p.window_frames, x.shape[1]))
@@ -157,7 +159,8 @@ class Connectome(Operator):
         self.fits += 1
 
     def finish(self):
-        self.refit()
+        if self.params.refit_at_end:
+            self.refit()
         return None
 
     def close(self):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from operators.calcium import samples
 from operators.calcium.kernels import oasis_ar1_block, oasis_ar1_pending
 from operators.calcium.synth import ar_coefficients, ar_roots
 from pipeline import schemas as sch
@@ -99,6 +100,7 @@ class Deconvolve(Operator):
         self.sigma = None
         self.smin = None
         self.n_spikes = 0
+        self._schema = None
 
     def _filter(self, y):
         """y_t - r y_{t-1} for AR(2) (identity for AR(1)), carrying the last sample."""
@@ -113,9 +115,11 @@ class Deconvolve(Operator):
 
     def process(self, port, batch):
         t = sch.column(batch, "t")
-        y = np.column_stack([sch.column(batch, f.name) for f in batch.schema if f.name != "t"]).astype(np.float64)
+        y = samples.matrix(batch).astype(np.float64)
         if not np.isfinite(y).all():
             raise DataError(f"{self.node}: non-finite dF/F at t={int(t[~np.isfinite(y).all(1)][0])} µs")
+        if self._schema is None:
+            self._spikes_schema = self.schemas({"in": batch.schema})["spikes"]
         self._schema = batch.schema
         y = self._filter(y)
         if self.state_ is None:
@@ -150,8 +154,8 @@ class Deconvolve(Operator):
         rows, cols = np.nonzero(s > 0.5 * self.smin[None, :])
         self.n_spikes += len(rows)
         return [
-            ("spikes", sch.spikes_batch(t[rows], cols, self.schemas({"in": self._schema})["spikes"])),
-            ("activity", sch.samples_batch(t, s.astype(np.float32), self._schema)),
+            ("spikes", sch.spikes_batch(t[rows], cols, self._spikes_schema)),
+            ("activity", samples.batch(t, s, self._schema)),
         ]
 
     def finish(self):

@@ -15,24 +15,70 @@ from numba import njit
 def shift_bilinear(frame, dy, dx, out):
     """out[y, x] = frame[y + dy, x + dx] by bilinear interpolation, edges clamped.
 
-    To undo a measured displacement d of the content, call with (dy, dx) = d.
+    To undo a measured displacement d of the content, call with (dy, dx) = d. The four
+    weights are the same for every pixel (rigid shift), so the interior columns are a
+    clamp-free loop the compiler vectorises; only the edge columns clamp.
     """
     h, w = frame.shape
     fy = np.floor(dy)
     fx = np.floor(dx)
-    ay = dy - fy
-    ax = dx - fx
+    ay = np.float32(dy - fy)
+    ax = np.float32(dx - fx)
     iy0 = int(fy)
     ix0 = int(fx)
+    one = np.float32(1.0)
+    w00 = (one - ay) * (one - ax)
+    w01 = (one - ay) * ax
+    w10 = ay * (one - ax)
+    w11 = ay * ax
+    xa = min(max(-ix0, 0), w)  # columns [xa, xb) read x + ix0 and x + ix0 + 1 in range
+    xb = max(min(w - 1 - ix0, w), xa)
     for y in range(h):
-        y0 = min(max(y + iy0, 0), h - 1)
-        y1 = min(max(y + iy0 + 1, 0), h - 1)
-        for x in range(w):
+        r0 = frame[min(max(y + iy0, 0), h - 1)]
+        r1 = frame[min(max(y + iy0 + 1, 0), h - 1)]
+        o = out[y]
+        # interior on slices that start at 0: an offset index keeps LLVM from vectorising
+        a0 = r0[xa + ix0 : xb + ix0 + 1]
+        a1 = r1[xa + ix0 : xb + ix0 + 1]
+        oi = o[xa:xb]
+        for x in range(xb - xa):
+            oi[x] = w00 * a0[x] + w01 * a0[x + 1] + w10 * a1[x] + w11 * a1[x + 1]
+        for x in range(0, xa):
             x0 = min(max(x + ix0, 0), w - 1)
             x1 = min(max(x + ix0 + 1, 0), w - 1)
-            top = (1.0 - ax) * frame[y0, x0] + ax * frame[y0, x1]
-            bot = (1.0 - ax) * frame[y1, x0] + ax * frame[y1, x1]
-            out[y, x] = (1.0 - ay) * top + ay * bot
+            o[x] = w00 * r0[x0] + w01 * r0[x1] + w10 * r1[x0] + w11 * r1[x1]
+        for x in range(xb, w):
+            x0 = min(max(x + ix0, 0), w - 1)
+            x1 = min(max(x + ix0 + 1, 0), w - 1)
+            o[x] = w00 * r0[x0] + w01 * r0[x1] + w10 * r1[x0] + w11 * r1[x1]
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def blend(template, frame, alpha):
+    """template <- (1 - alpha) template + alpha frame, in place (the running template)."""
+    a = np.float32(alpha)
+    b = np.float32(1.0) - a
+    t = template.reshape(-1)
+    f = frame.reshape(-1)
+    for i in range(t.shape[0]):
+        t[i] = b * t[i] + a * f[i]
+    return template
+
+
+@njit(cache=True, fastmath=True)
+def whitened_cross(f, template_conj, lowpass, out):
+    """Phase-correlation spectrum: out = f conj(T) / |f conj(T)| * lowpass, one pass
+    (complex arithmetic spelt out in reals: Numba's complex ops guard NaNs and call hypot)."""
+    h, w = f.shape
+    for i in range(h):
+        for j in range(w):
+            a = f[i, j]
+            b = template_conj[i, j]
+            re = a.real * b.real - a.imag * b.imag
+            im = a.real * b.imag + a.imag * b.real
+            s = lowpass[i, j] / (np.sqrt(re * re + im * im) + np.float32(1e-9))
+            out[i, j] = complex(re * s, im * s)
     return out
 
 
@@ -74,17 +120,20 @@ def subpixel_peak(corr, max_shift):
 # --- ROI traces ----------------------------------------------------------------------
 
 
-@njit(cache=True)
-def roi_means(frame_flat, idx, ptr, out):
-    """Mean of frame pixels per ROI; ROI k owns idx[ptr[k]:ptr[k+1]] (CSR layout)."""
+@njit(cache=True, fastmath=True)
+def roi_traces(frames, idx, ptr, weight, out):
+    """Weighted pixel sums per ROI for a batch of flattened frames (b, pixels):
+    out[i, k] = sum of weight[j] * frames[i, idx[j]] over ROI k's CSR range
+    idx[ptr[k]:ptr[k+1]]. With weights 1/|mask| on the mask and -neuropil/|annulus| on
+    its annulus this is the neuropil-corrected trace, as one sparse product."""
     n = ptr.shape[0] - 1
-    for k in range(n):
-        s = 0.0
-        a = ptr[k]
-        b = ptr[k + 1]
-        for j in range(a, b):
-            s += frame_flat[idx[j]]
-        out[k] = s / max(b - a, 1)
+    for i in range(frames.shape[0]):
+        fr = frames[i]
+        for k in range(n):
+            s = 0.0
+            for j in range(ptr[k], ptr[k + 1]):
+                s += weight[j] * fr[idx[j]]
+            out[i, k] = s
     return out
 
 
@@ -135,13 +184,37 @@ def local_correlation(movie):
 @njit(cache=True)
 def window_percentile(ring, filled, q, out):
     """Per-ROI q-th percentile (0..100, nearest rank) of the first `filled` rows of a
-    (window, n) ring buffer."""
+    (window, n) ring buffer (selection, not a full sort: O(window) per ROI)."""
     n = ring.shape[1]
     rank = int(round(q / 100.0 * (filled - 1)))
+    col = np.empty(filled)
     for k in range(n):
-        col = np.sort(ring[:filled, k])
-        out[k] = col[rank]
+        for i in range(filled):
+            col[i] = ring[i, k]
+        out[k] = np.partition(col, rank)[rank]
     return out
+
+
+@njit(cache=True)
+def dff_block(data, ring, pos, filled, count, f0, q, update_every, min_f0, out):
+    """dF/F of the rows of `data` (t, n) against a running-percentile F0.
+
+    Each row enters the (window, n) ring at `pos`; every `update_every`-th row F0 is
+    recomputed from the ring before that row is scaled. Returns the new
+    (pos, filled, count); ring and f0 are updated in place.
+    """
+    w, n = ring.shape
+    for i in range(data.shape[0]):
+        for k in range(n):
+            ring[pos, k] = data[i, k]
+        pos = (pos + 1) % w
+        filled = min(filled + 1, w)
+        count += 1
+        if count % update_every == 0:
+            window_percentile(ring, filled, q, f0)
+        for k in range(n):
+            out[i, k] = (data[i, k] - f0[k]) / max(f0[k], min_f0)
+    return pos, filled, count
 
 
 # --- online OASIS AR(1) ----------------------------------------------------------------
@@ -233,7 +306,7 @@ def window_affinity(x, power):
     """Non-negative pairwise affinity of the columns of x (window, n): the Pearson
     correlation clipped at 0 and raised to `power`, zero diagonal."""
     t, n = x.shape
-    z = np.empty((t, n))
+    z = np.empty((n, t))  # standardised traces, one row per ROI (contiguous dot products)
     for k in range(n):
         m = 0.0
         for i in range(t):
@@ -244,15 +317,20 @@ def window_affinity(x, power):
             v += (x[i, k] - m) ** 2
         sd = np.sqrt(v / t)
         for i in range(t):
-            z[i, k] = (x[i, k] - m) / sd if sd > 1e-12 else 0.0
+            z[k, i] = (x[i, k] - m) / sd if sd > 1e-12 else 0.0
     a = np.zeros((n, n))
     for p in range(n):
+        zp = z[p]
         for q in range(p + 1, n):
+            zq = z[q]
             c = 0.0
             for i in range(t):
-                c += z[i, p] * z[i, q]
+                c += zp[i] * zq[i]
             c /= t
-            c = c ** power if c > 0 else 0.0
+            if c <= 0:
+                c = 0.0
+            elif power != 1.0:
+                c = c**power
             a[p, q] = c
             a[q, p] = c
     return a

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 from scipy import fft as sfft
 
-from operators.calcium.kernels import shift_bilinear, subpixel_peak
+from operators.calcium.kernels import blend, shift_bilinear, subpixel_peak, whitened_cross
 from pipeline import schemas as sch
 from pipeline.errors import DataError, SchemaError
 from pipeline.operator import Operator, Params, register
@@ -76,24 +76,26 @@ class MotionCorrect(Operator):
         return frame[y0 : y0 + c, x0 : x0 + c]
 
     def _set_template(self, template):
-        self.template = template.astype(np.float32)
-        region = self._region(self.template)
-        region = region - region.mean()
-        self.template_f = np.conj(sfft.rfft2(region, workers=self.params.workers))
+        self.template = np.array(template, np.float32)
+        # the region's mean only enters the zero-frequency bin: zero it instead of
+        # subtracting the mean from every pixel
+        self.template_f = np.conj(sfft.rfft2(self._region(self.template), workers=self.params.workers))
+        self.template_f[0, 0] = 0
         if self._lp is None:
-            h, w = region.shape
+            h, w = self._region(self.template).shape
             fy = sfft.fftfreq(h)[:, None]
             fx = sfft.rfftfreq(w)[None, :]
             s = self.params.lowpass_px
-            self._lp = np.exp(-2 * (np.pi * s) ** 2 * (fy**2 + fx**2))
+            self._lp = np.exp(-2 * (np.pi * s) ** 2 * (fy**2 + fx**2)).astype(np.float32)
+            self._cross = np.empty(self.template_f.shape, np.complex64)
 
     def estimate(self, frame) -> tuple[float, float]:
         """Displacement (dy, dx) of `frame`'s content relative to the template."""
         region = self._region(frame)
-        f = sfft.rfft2(region - region.mean(), workers=self.params.workers)
-        cross = f * self.template_f
-        cross /= np.abs(cross) + 1e-9
-        corr = sfft.irfft2(cross * self._lp, s=region.shape, workers=self.params.workers)
+        f = sfft.rfft2(region, workers=self.params.workers)
+        f[0, 0] = 0
+        whitened_cross(f, self.template_f, self._lp, self._cross)
+        corr = sfft.irfft2(self._cross, s=region.shape, workers=self.params.workers)
         return subpixel_peak(corr, self.params.max_shift_px)
 
     # -- streaming -----------------------------------------------------------------
@@ -159,9 +161,7 @@ class MotionCorrect(Operator):
             shift_bilinear(frame, dy, dx, frames_out[i])
             shifts[i] = (dy, dx, flag)
             prev = frames_out[i]
-            a = self.params.template_alpha
-            self.template *= 1 - a
-            self.template += a * frames_out[i]
+            blend(self.template, frames_out[i], self.params.template_alpha)
             self.n += 1
             if self.n % self.params.template_every == 0:
                 self._set_template(self.template)

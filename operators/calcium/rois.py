@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from operators.calcium.kernels import local_correlation, roi_means, window_percentile
+from operators.calcium import samples
+from operators.calcium.kernels import dff_block, local_correlation, roi_traces, window_percentile
 from pipeline import schemas as sch
 from pipeline.errors import DataError, SchemaError
 from pipeline.operator import Operator, Params, register
@@ -107,11 +108,17 @@ def find_masks(movie: np.ndarray, n_rois: int, radius_px: float, min_corr: float
     return np.array(masks, bool).reshape(len(masks), h, w)
 
 
-def _csr(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    ptr = np.zeros(len(pixels) + 1, np.int64)
-    ptr[1:] = np.cumsum([len(p) for p in pixels])
-    idx = np.concatenate(pixels).astype(np.int64) if pixels else np.zeros(0, np.int64)
-    return idx, ptr
+def trace_weights(pixels: list[np.ndarray], rings: list[np.ndarray], neuropil: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The trace of ROI k, mean(mask) - neuropil * mean(annulus), as one CSR row of pixel
+    indices and weights: (idx int32, ptr int64, weight float32)."""
+    idx, ptr, weight = [], np.zeros(len(pixels) + 1, np.int64), []
+    for k, (m, r) in enumerate(zip(pixels, rings, strict=True)):
+        idx += [m, r]
+        weight += [np.full(len(m), 1.0 / max(len(m), 1)), np.full(len(r), -neuropil / max(len(r), 1))]
+        ptr[k + 1] = ptr[k] + len(m) + len(r)
+    if not pixels:
+        return np.zeros(0, np.int32), ptr, np.zeros(0, np.float32)
+    return np.concatenate(idx).astype(np.int32), ptr, np.concatenate(weight).astype(np.float32)
 
 
 def annuli(pixels: list[np.ndarray], shape: tuple[int, int], gap_px: int = 2, width_px: int = 6) -> list[np.ndarray]:
@@ -201,19 +208,12 @@ class RoiTraces(Operator):
         self.masks = pixels
         if self.params.save_masks:
             np.save(self.params.save_masks, to_labels(pixels, shape))
-        self.idx, self.ptr = _csr(pixels)
-        self.nidx, self.nptr = _csr(annuli(pixels, shape))
-        self._f = np.zeros(len(pixels))
-        self._np = np.zeros(len(pixels))
+        self.idx, self.ptr, self.weight = trace_weights(pixels, annuli(pixels, shape), self.params.neuropil)
 
     def traces(self, frames: np.ndarray) -> np.ndarray:
-        n = len(self.masks)
         out = np.zeros((len(frames), self.n_out), np.float32)
-        for i, fr in enumerate(frames):
-            flat = np.ascontiguousarray(fr).reshape(-1)
-            roi_means(flat, self.idx, self.ptr, self._f)
-            roi_means(flat, self.nidx, self.nptr, self._np)
-            out[i, :n] = self._f - self.params.neuropil * self._np
+        flat = np.ascontiguousarray(frames).reshape(len(frames), -1)
+        roi_traces(flat, self.idx, self.ptr, self.weight, out[:, : len(self.masks)])
         return out
 
     def process(self, port, batch):
@@ -226,7 +226,7 @@ class RoiTraces(Operator):
             if sum(len(b[0]) for b in self.buffer) < self.params.warmup_frames:
                 return None
             return self._detect()
-        return sch.samples_batch(t, self.traces(frames), self._schema)
+        return samples.batch(t, self.traces(frames), self._schema)
 
     def _detect(self):
         t = np.concatenate([b[0] for b in self.buffer])
@@ -237,7 +237,7 @@ class RoiTraces(Operator):
             raise DataError(f"{self.node}: found no ROI in {len(movie)} warm-up frames (min_corr {self.params.min_corr})")
         self.found = len(masks)  # channels past `found` stay 0
         self._use(to_pixels(masks), movie.shape[1:])
-        return sch.samples_batch(t, self.traces(movie), self._schema)
+        return samples.batch(t, self.traces(movie), self._schema)
 
     def finish(self):
         if self.masks is None and self.buffer:
@@ -271,49 +271,39 @@ class DeltaFOverF(Operator):
         self.f0 = None
         self.held: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def _push(self, x):
-        self.ring[self.pos] = x
-        self.pos = (self.pos + 1) % len(self.ring)
-        self.filled = min(self.filled + 1, len(self.ring))
-        self.count += 1
-        if self.f0 is None or self.count % self.params.update_every == 0:
-            window_percentile(self.ring, self.filled, self.params.percentile, self.f0)
+    def _fill(self, data):
+        """Push rows into the ring without scaling them (the first F0 is still forming)."""
+        for row in data:
+            self.ring[self.pos] = row
+            self.pos = (self.pos + 1) % len(self.ring)
+            self.filled = min(self.filled + 1, len(self.ring))
+            self.count += 1
+
+    def _release(self):
+        """The held rows scaled by the first F0."""
+        window_percentile(self.ring, self.filled, self.params.percentile, self.f0)
+        t = np.concatenate([h[0] for h in self.held])
+        data = np.concatenate([h[1] for h in self.held])
+        self.held = []
+        return samples.batch(t, (data - self.f0) / np.maximum(self.f0, self.params.min_f0), self._schema)
 
     def process(self, port, batch):
+        p = self.params
         t = sch.column(batch, "t")
-        data = np.column_stack([sch.column(batch, f.name) for f in batch.schema if f.name != "t"]).astype(np.float64)
+        data = samples.matrix(batch).astype(np.float64)
         self._schema = batch.schema
         if self.ring is None:
-            self.ring = np.zeros((self.params.window_frames, data.shape[1]))
+            self.ring = np.zeros((p.window_frames, data.shape[1]))
             self.f0 = np.zeros(data.shape[1])
         if np.isnan(data).any():
             raise DataError(f"{self.node}: NaN in the traces at t={int(t[np.isnan(data).any(1)][0])} µs; correct NaN frames upstream (calcium_motion on_nan: fill)")
-        if self.count < self.params.min_frames:
-            for row in data:
-                self.ring[self.pos] = row
-                self.pos = (self.pos + 1) % len(self.ring)
-                self.filled = min(self.filled + 1, len(self.ring))
-                self.count += 1
+        if self.count < p.min_frames:
+            self._fill(data)
             self.held.append((t, data))
-            if self.count < self.params.min_frames:
-                return None
-            window_percentile(self.ring, self.filled, self.params.percentile, self.f0)
-            t = np.concatenate([h[0] for h in self.held])
-            data = np.concatenate([h[1] for h in self.held])
-            self.held = []
-            out = (data - self.f0) / np.maximum(self.f0, self.params.min_f0)
-            return sch.samples_batch(t, out, batch.schema)
+            return self._release() if self.count >= p.min_frames else None
         out = np.empty_like(data)
-        for i, row in enumerate(data):
-            self._push(row)
-            out[i] = (row - self.f0) / np.maximum(self.f0, self.params.min_f0)
-        return sch.samples_batch(t, out, batch.schema)
+        self.pos, self.filled, self.count = dff_block(data, self.ring, self.pos, self.filled, self.count, self.f0, p.percentile, p.update_every, p.min_f0, out)
+        return samples.batch(t, out, batch.schema)
 
     def finish(self):
-        if self.held:
-            window_percentile(self.ring, self.filled, self.params.percentile, self.f0)
-            t = np.concatenate([h[0] for h in self.held])
-            data = np.concatenate([h[1] for h in self.held])
-            self.held = []
-            return sch.samples_batch(t, (data - self.f0) / np.maximum(self.f0, self.params.min_f0), self._schema)
-        return None
+        return self._release() if self.held else None

@@ -21,8 +21,9 @@ def shift_bilinear(frame, dy, dx):
     return out
 
 
-def roi_means(frame, masks):
-    return np.array([frame[m].mean() for m in masks])
+def roi_traces(frame, pixels, rings, neuropil):
+    flat = frame.reshape(-1).astype(np.float64)
+    return np.array([flat[m].mean() - neuropil * (flat[r].mean() if len(r) else 0.0) for m, r in zip(pixels, rings, strict=True)])
 
 
 def local_correlation(movie):
@@ -42,6 +43,17 @@ def local_correlation(movie):
 
 def window_percentile(ring, filled, q):
     return np.array([np.sort(ring[:filled, k])[int(round(q / 100 * (filled - 1)))] for k in range(ring.shape[1])])
+
+
+def dff(data, window, q, update_every, min_f0):
+    """dF/F row by row: push the row, recompute F0 every update_every-th row, scale."""
+    f0 = np.zeros(data.shape[1])
+    out = np.zeros_like(data)
+    for i, row in enumerate(data):
+        if (i + 1) % update_every == 0:
+            f0 = window_percentile(data[max(0, i + 1 - window) : i + 1], min(i + 1, window), q)
+        out[i] = (row - f0) / np.maximum(f0, min_f0)
+    return out
 
 
 def affinity(x, power):

@@ -14,7 +14,7 @@ from operators.calcium.deconv import deconvolve  # noqa: E402
 from operators.calcium.synth import synthetic_traces  # noqa: E402
 
 
-@pytest.mark.parametrize("dy,dx", [(0.0, 0.0), (1.3, -2.7), (-0.5, 0.25), (3.0, 1.0)])
+@pytest.mark.parametrize("dy,dx", [(0.0, 0.0), (1.3, -2.7), (-0.5, 0.25), (3.0, 1.0), (0.5, 20.0), (-13.5, -17.25)])
 def test_shift_bilinear_matches_twin(dy, dx):
     rng = np.random.default_rng(0)
     f = rng.random((12, 15)).astype(np.float32)
@@ -35,16 +35,35 @@ def test_subpixel_peak_finds_a_gaussian_peak():
         assert abs(got[0] - cy) < 1e-6 and abs(got[1] - cx) < 1e-6
 
 
-def test_roi_means_matches_twin():
-    from operators.calcium.rois import _csr
+def test_roi_traces_match_twin():
+    from operators.calcium.rois import annuli, trace_weights
 
     rng = np.random.default_rng(1)
-    masks = rng.random((5, 10, 10)) < 0.3
-    frame = rng.random((10, 10)).astype(np.float32)
-    idx, ptr = _csr([np.flatnonzero(m) for m in masks.reshape(5, -1)])
-    out = np.zeros(5)
-    k.roi_means(frame.reshape(-1), idx, ptr, out)
-    np.testing.assert_allclose(out, naive.roi_means(frame, masks), rtol=1e-6)
+    masks = rng.random((5, 20, 20)) < 0.05
+    frames = rng.random((3, 20, 20)).astype(np.float32)
+    pixels = [np.flatnonzero(m) for m in masks.reshape(5, -1)]
+    rings = annuli(pixels, (20, 20), gap_px=1, width_px=2)
+    idx, ptr, w = trace_weights(pixels, rings, 0.7)
+    out = np.zeros((3, 5))
+    k.roi_traces(frames.reshape(3, -1), idx, ptr, w, out)
+    for i in range(3):
+        np.testing.assert_allclose(out[i], naive.roi_traces(frames[i], pixels, rings, 0.7), rtol=1e-5, atol=1e-6)
+
+
+def test_blend_is_a_running_mean_step():
+    rng = np.random.default_rng(8)
+    tpl, f = rng.random((2, 6, 7)).astype(np.float32)
+    want = 0.9 * tpl + 0.1 * f
+    np.testing.assert_allclose(k.blend(tpl, f, 0.1), want, rtol=1e-6)
+
+
+def test_whitened_cross_matches_numpy():
+    rng = np.random.default_rng(9)
+    f, tc = (rng.standard_normal((2, 8, 5)) + 1j * rng.standard_normal((2, 8, 5))).astype(np.complex64)
+    lp = rng.random((8, 5)).astype(np.float32)
+    c = f * tc
+    out = np.empty_like(f)
+    np.testing.assert_allclose(k.whitened_cross(f, tc, lp, out), c / (np.abs(c) + 1e-9) * lp, rtol=1e-5)
 
 
 def test_local_correlation_matches_twin():
@@ -61,6 +80,18 @@ def test_window_percentile_matches_twin():
         out = np.zeros(7)
         k.window_percentile(ring, filled, 8.0, out)
         np.testing.assert_allclose(out, naive.window_percentile(ring, filled, 8.0))
+
+
+def test_dff_block_matches_twin_in_any_chunking():
+    rng = np.random.default_rng(10)
+    data = 1 + rng.random((95, 4))
+    want = naive.dff(data, window=20, q=8.0, update_every=3, min_f0=1e-3)
+    for step in (1, 7, 95):
+        ring, f0, out = np.zeros((20, 4)), np.zeros(4), np.zeros_like(data)
+        pos = filled = count = 0
+        for a in range(0, 95, step):
+            pos, filled, count = k.dff_block(data[a : a + step], ring, pos, filled, count, f0, 8.0, 3, 1e-3, out[a : a + step])
+        np.testing.assert_array_equal(out, want)
 
 
 def test_window_affinity_matches_twin():
