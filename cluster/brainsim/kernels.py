@@ -33,7 +33,8 @@ CONST, NORMAL, UNIFORM = 0, 1, 2
 P_MODEL, P_LO, P_N, P_P22, P_P21E, P_P21I, P_DECE, P_DECI, P_VREST, P_VTH, P_VRESET, P_REF = range(12)
 P_EXTLAM, P_EXTW, P_EXTCH, P_EE, P_EI, P_TAUM, P_DT, P_RATEP, P_V0LO, P_V0HI = range(12, 22)
 P_GE0LO, P_GE0HI, P_GI0LO, P_GI0HI = range(22, 26)
-POP_COLS = 26
+P_V0D, P_GE0D, P_GI0D = range(26, 29)  # distribution codes of the initial values (LO, HI: low, high or mean, std)
+POP_COLS = 29
 
 # projection table columns (float64)
 (J_PRELO, J_PREN, J_POSTLO, J_POSTN, J_RULE, J_RP, J_WD, J_WA, J_WB, J_DD, J_DA, J_DB, J_CH,
@@ -195,15 +196,23 @@ def build_csr(projs, lo, hi, n_global, seed, dt, max_row):
 
 
 @njit(cache=True, nogil=True)
+def _initial(rng, i, code, a, b):
+    """An initial value: uniform in [a, b) (one draw) or normal with mean a, s.d. b (two)."""
+    if code == NORMAL:
+        return a + b * normal_draw(rng, i)
+    return a + (b - a) * next_uniform(rng, i)
+
+
+@njit(cache=True, nogil=True)
 def init_neurons(pops, pidx, lo, seed, v, ge, gi, rng):
-    """Initial v, g_e, g_i (each uniform in its range) and the per-neuron random streams."""
+    """Initial v, g_e, g_i (each uniform or normal) and the per-neuron random streams."""
     for i in range(v.shape[0]):
         g = lo + i
         rng[i] = stream_seed(seed, 1, g)
         row = pops[pidx[i]]
-        v[i] = row[P_V0LO] + (row[P_V0HI] - row[P_V0LO]) * next_uniform(rng, i)
-        ge[i] = row[P_GE0LO] + (row[P_GE0HI] - row[P_GE0LO]) * next_uniform(rng, i)
-        gi[i] = row[P_GI0LO] + (row[P_GI0HI] - row[P_GI0LO]) * next_uniform(rng, i)
+        v[i] = _initial(rng, i, int(row[P_V0D]), row[P_V0LO], row[P_V0HI])
+        ge[i] = _initial(rng, i, int(row[P_GE0D]), row[P_GE0LO], row[P_GE0HI])
+        gi[i] = _initial(rng, i, int(row[P_GI0D]), row[P_GI0LO], row[P_GI0HI])
 
 
 @njit(cache=True, nogil=True)

@@ -19,7 +19,7 @@ in-degree scales, as in the Brian/NEST scaling runs) unless `p` is given.
 
 from __future__ import annotations
 
-from cluster.brainsim.spec import External, Population, Projection
+from cluster.brainsim.spec import Dist, External, Population, Projection
 
 BRUNEL_STATES = {"SR": (3.0, 2.0), "SI_fast": (6.0, 4.0), "AI": (5.0, 2.0), "SI_slow": (4.5, 0.9)}
 
@@ -49,14 +49,11 @@ def brunel2000(scale: float, state: str = "AI", g: float | None = None, eta: flo
     return pops, projs
 
 
-def _vogels_abbott(scale, model, w_e, w_i, p, delay_ms, e_l, g_init=None):
+def _vogels_abbott(scale, model, w_e, w_i, p, delay_ms, e_l, init):
     n = max(2, round(4000 * scale))
     n_e = round(0.8 * n)
     neuron = dict(model=model, tau_m_ms=20.0, v_rest_mv=e_l, v_thresh_mv=-50.0, v_reset_mv=-60.0,
-                  t_ref_ms=5.0, tau_syn_e_ms=5.0, tau_syn_i_ms=10.0, e_rev_e_mv=0.0, e_rev_i_mv=-80.0,
-                  v_init_mv=(-60.0, -50.0))
-    if g_init is not None:
-        neuron.update(g_e_init=g_init[0], g_i_init=g_init[1])
+                  t_ref_ms=5.0, tau_syn_e_ms=5.0, tau_syn_i_ms=10.0, e_rev_e_mv=0.0, e_rev_i_mv=-80.0, **init)
     pops = [Population(name="E", size=n_e, **neuron), Population(name="I", size=n - n_e, **neuron)]
     projs = []
     for post in ("E", "I"):
@@ -69,19 +66,25 @@ def vogels_abbott_cuba(scale: float, p: float = 0.02, delay_ms: float = 0.1):
     """CUBA: E_l = -49 mV (above threshold: self-driven), w_e = 1.62 mV, w_i = -9 mV.
 
     Weights as in Brette et al. (2007) Benchmark 2: (60 * 0.27 / 10) mV and (-20 * 4.5 / 10) mV;
-    tau_m 20 ms, tau_e 5 ms, tau_i 10 ms, V_t -50 mV, V_r -60 mV, refractory 5 ms.
+    tau_m 20 ms, tau_e 5 ms, tau_i 10 ms, V_t -50 mV, V_r -60 mV, refractory 5 ms; v starts
+    uniform between V_r and V_t.
     """
-    return _vogels_abbott(scale, "lif_cuba", 1.62, -9.0, p, delay_ms, -49.0)
+    return _vogels_abbott(scale, "lif_cuba", 1.62, -9.0, p, delay_ms, -49.0, {"v_init_mv": (-60.0, -50.0)})
 
 
-def vogels_abbott_coba(scale: float, p: float = 0.02, delay_ms: float = 0.1, g_init=None):
+def vogels_abbott_coba(scale: float, p: float = 0.02, delay_ms: float = 0.1):
     """COBA: E_l = -60 mV, E_e = 0 mV, E_i = -80 mV, g_e = 6 nS, g_i = 67 nS over g_l = 10 nS.
 
-    Not yet validated: started from uniform v alone the network falls silent; the initial
-    kick that makes it self-sustain (Vogels & Abbott used a 50 ms external stimulus) is
-    not calibrated here, so `g_init` (initial g_e, g_i ranges in units of g_l) is exposed.
+    Started as in the Benchmark 1 scripts of Brette et al. (2007): v ~ N(-65, 5) mV,
+    g_e ~ N(4, 1.5) g_l, g_i ~ N(20, 12) g_l. The normal tails matter: the few percent of
+    neurons that start with g_i < 0 (or a large g_e) fire hard for the first milliseconds
+    and ignite the self-sustained state; uniform ranges with the same mean and s.d. do not
+    (the network falls silent within 50 ms, in Brian2 as here).
     """
-    return _vogels_abbott(scale, "lif_coba", 0.6, 6.7, p, delay_ms, -60.0, g_init=g_init)
+    init = {"v_init_mv": Dist(dist="normal", mean=-65.0, std=5.0),
+            "g_e_init": Dist(dist="normal", mean=4.0, std=1.5),
+            "g_i_init": Dist(dist="normal", mean=20.0, std=12.0)}
+    return _vogels_abbott(scale, "lif_coba", 0.6, 6.7, p, delay_ms, -60.0, init)
 
 
 # Potjans & Diesmann (2014), Cereb. Cortex 24:785, Table 5 and the NEST reference
@@ -113,8 +116,6 @@ def potjans_diesmann_2014(scale: float, bg_rate_hz: float = 8.0, g: float = -4.0
     kept when `scale` shrinks the populations.
     """
     import math
-
-    from cluster.brainsim.spec import Dist
 
     sizes = [max(1, round(n * scale)) for n in PD_SIZES]
     pops = [Population(name=name, size=n, model="lif_cuba", tau_m_ms=10.0, v_rest_mv=-65.0, v_reset_mv=-65.0,

@@ -53,6 +53,15 @@ def _dist(value, dt_ms: float | None = None) -> tuple[int, float, float]:
     return k.CONST, float(value), 0.0
 
 
+def _initial(value, default: float) -> tuple[int, float, float]:
+    """An initial-value spec as (code, a, b): a (low, high) range or a Dist; None is `default`."""
+    if value is None:
+        return k.UNIFORM, default, default
+    if isinstance(value, Dist):
+        return _dist(value)
+    return k.UNIFORM, float(value[0]), float(value[1])
+
+
 def _delay_range(value, dt_ms: float) -> tuple[int, int]:
     code, a, b = _dist(value)
     if code == k.CONST:
@@ -97,10 +106,10 @@ def compile_network(spec: NetworkSpec) -> Layout:
             row[k.P_EXTCH] = 1.0 if p.external.receptor == "inh" else 0.0
         row[k.P_EE], row[k.P_EI], row[k.P_TAUM], row[k.P_DT] = p.e_rev_e_mv, p.e_rev_i_mv, p.tau_m_ms, dt
         row[k.P_RATEP] = p.rate_hz * dt * 1e-3
-        v0 = p.v_init_mv or (p.v_rest_mv, p.v_rest_mv)
-        row[k.P_V0LO], row[k.P_V0HI] = v0
-        row[k.P_GE0LO], row[k.P_GE0HI] = p.g_e_init or (0.0, 0.0)
-        row[k.P_GI0LO], row[k.P_GI0HI] = p.g_i_init or (0.0, 0.0)
+        for cols, value, default in (((k.P_V0D, k.P_V0LO, k.P_V0HI), p.v_init_mv, p.v_rest_mv),
+                                     ((k.P_GE0D, k.P_GE0LO, k.P_GE0HI), p.g_e_init, 0.0),
+                                     ((k.P_GI0D, k.P_GI0LO, k.P_GI0HI), p.g_i_init, 0.0)):
+            row[list(cols)] = _initial(value, default)
         for t_ms, n in zip(p.spike_times_ms, p.spike_neurons, strict=True):
             src.append((max(1, int(round(t_ms / dt))), offsets[i] + n))
     src.sort()

@@ -51,9 +51,12 @@ class Population(_Spec):
     tau_syn_i_ms: float = Field(10.0, gt=0)
     e_rev_e_mv: float = 0.0
     e_rev_i_mv: float = -80.0
-    v_init_mv: tuple[float, float] | None = Field(None, description="uniform initial v range (default v_rest)")
-    g_e_init: tuple[float, float] | None = Field(None, description="uniform initial excitatory input range")
-    g_i_init: tuple[float, float] | None = Field(None, description="uniform initial inhibitory input range")
+    v_init_mv: tuple[float, float] | Dist | None = Field(
+        None, description="initial v: a uniform (low, high) range or a distribution (default v_rest)")
+    g_e_init: tuple[float, float] | Dist | None = Field(
+        None, description="initial excitatory input: a uniform (low, high) range or a distribution (default 0)")
+    g_i_init: tuple[float, float] | Dist | None = Field(
+        None, description="initial inhibitory input: a uniform (low, high) range or a distribution (default 0)")
     external: External | None = None
     rate_hz: float = Field(0.0, ge=0, description="for `poisson` populations")
     spike_times_ms: list[float] = Field(default_factory=list, description="for `spike_source`")

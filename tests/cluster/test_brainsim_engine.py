@@ -16,7 +16,7 @@ def mixed_network(seed: int = 3) -> NetworkSpec:
     return NetworkSpec(seed=seed, dt_ms=0.1, populations=[
         Population(name="cuba", size=120, model="lif_cuba", **lif),
         Population(name="coba", size=80, model="lif_coba", v_init_mv=(-60.0, -50.0),
-                   external=External(rate_hz=800.0, weight=0.3)),
+                   g_e_init=Dist(dist="normal", mean=0.5, std=0.3), external=External(rate_hz=800.0, weight=0.3)),
         Population(name="delta", size=50, model="lif_delta", v_rest_mv=0.0, v_reset_mv=10.0, v_thresh_mv=20.0,
                    t_ref_ms=2.0, v_init_mv=(0.0, 20.0), external=External(rate_hz=20000.0, weight=0.2)),
         Population(name="noise", size=40, model="poisson", rate_hz=30.0),
@@ -127,3 +127,15 @@ def test_fused_single_partition_matches_window_exchange():
     np.testing.assert_array_equal(s1, s2)
     np.testing.assert_array_equal(n1, n2)
     assert one.parts[0].v.tobytes() == np.concatenate([p.v for p in two.parts]).tobytes()
+
+
+def test_initial_values_follow_their_distributions():
+    spec = NetworkSpec(seed=5, populations=[
+        Population(name="P", size=20_000, model="lif_coba", v_init_mv=Dist(dist="normal", mean=-65.0, std=5.0),
+                   g_e_init=(1.0, 3.0), g_i_init={"dist": "normal", "mean": 20.0, "std": 12.0}),
+    ])
+    part = Simulation(spec).build().parts[0]
+    assert abs(part.v.mean() + 65.0) < 0.2 and abs(part.v.std() - 5.0) < 0.2
+    assert 1.0 <= part.ge.min() and part.ge.max() < 3.0 and abs(part.ge.mean() - 2.0) < 0.05
+    assert abs(part.gi.mean() - 20.0) < 0.5 and abs(part.gi.std() - 12.0) < 0.5
+    assert 0.03 < (part.gi < 0).mean() < 0.07  # the normal tail below zero (4.8 % expected) is kept
