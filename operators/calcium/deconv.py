@@ -26,14 +26,16 @@ class OasisState:
     """The carried state of online OASIS for n traces (plain arrays)."""
 
     def __init__(self, n: int, pools: int):
-        self.pv = np.zeros((n, pools))
-        self.pw = np.zeros((n, pools))
-        self.pt = np.zeros((n, pools), np.int64)
-        self.pl = np.zeros((n, pools), np.int64)
+        # room for 2 x pools per trace: the kernel drops old pools by moving `head`
+        self.pv = np.zeros((n, 2 * pools))
+        self.pw = np.zeros((n, 2 * pools))
+        self.pt = np.zeros((n, 2 * pools), np.int64)
+        self.pl = np.zeros((n, 2 * pools), np.int64)
         self.npool = np.zeros(n, np.int64)
+        self.head = np.zeros(n, np.int64)
 
     def arrays(self):
-        return self.pv, self.pw, self.pt, self.pl, self.npool
+        return self.pv, self.pw, self.pt, self.pl, self.npool, self.head
 
 
 def noise_sigma(y: np.ndarray, g: float) -> np.ndarray:
@@ -59,7 +61,7 @@ def deconvolve(y: np.ndarray, g1: float, g2: float = 0.0, smin: np.ndarray | flo
     s = np.zeros((t, n))
     s[: t - lag] = raw[lag:]
     tail = np.zeros((lag, n))
-    oasis_ar1_pending(d, lag, st.pv, st.pt, st.pl, st.npool, t - 1, tail)
+    oasis_ar1_pending(d, lag, st.pv, st.pt, st.pl, st.npool, st.head, t - 1, tail)
     s[t - lag :] = tail
     return s
 
@@ -167,7 +169,8 @@ class Deconvolve(Operator):
             return out or None
         lag = min(self.params.lag_frames, self.frame)
         tail = np.zeros((self.params.lag_frames, len(self.smin)))
-        oasis_ar1_pending(self.d, self.params.lag_frames, self.state_.pv, self.state_.pt, self.state_.pl, self.state_.npool, self.frame - 1, tail)
+        st = self.state_
+        oasis_ar1_pending(self.d, self.params.lag_frames, st.pv, st.pt, st.pl, st.npool, st.head, self.frame - 1, tail)
         return out + self._out(self.t_ring[-lag:], tail[-lag:])
 
     def state(self):
@@ -178,8 +181,8 @@ class Deconvolve(Operator):
     def restore(self, state):
         if state is None:
             return
-        n, pools = state["arrays"][0].shape
-        self.state_ = OasisState(n, pools)
+        n, width = state["arrays"][0].shape
+        self.state_ = OasisState(n, width // 2)
         for dst, src in zip(self.state_.arrays(), state["arrays"], strict=True):
             dst[...] = src
         self.frame, self.t_ring, self.sigma, self.prev = state["frame"], state["t_ring"], state["sigma"], state["prev"]

@@ -220,76 +220,100 @@ def dff_block(data, ring, pos, filled, count, f0, q, update_every, min_f0, out):
 # --- online OASIS AR(1) ----------------------------------------------------------------
 
 
+@njit(cache=True, inline="always")
+def _oasis_push(k, yk, g, smink, lag, pv, pw, pt, pl, npool, head, cap, t):
+    """One sample of trace k into its pools; returns the spike finalised at t - lag.
+
+    Trace k's pools are columns head[k] .. head[k] + npool[k] - 1 of arrays twice `cap`
+    wide: dropping the oldest pool moves the head, and the pools are moved back to
+    column 0 only when they reach the end (once per ~cap samples, not every sample).
+    """
+    m = npool[k]
+    h = head[k]
+    if m == cap:  # drop the oldest pool
+        h += 1
+        m -= 1
+    if h + m == pv.shape[1]:
+        for j in range(m):
+            pv[k, j] = pv[k, h + j]
+            pw[k, j] = pw[k, h + j]
+            pt[k, j] = pt[k, h + j]
+            pl[k, j] = pl[k, h + j]
+        h = 0
+    e = h + m
+    pv[k, e] = yk
+    pw[k, e] = 1.0
+    pt[k, e] = t
+    pl[k, e] = 1
+    m += 1
+    while m > 1:
+        i = h + m - 1
+        gl = g ** pl[k, i - 1]
+        if pv[k, i] >= gl * pv[k, i - 1] + smink:
+            break
+        # merge pool i into pool i-1 (weighted least squares of the joint pool)
+        wa = pw[k, i - 1]
+        wb = pw[k, i] * gl * gl
+        pv[k, i - 1] = (pv[k, i - 1] * wa + pv[k, i] * pw[k, i] * gl) / (wa + wb)
+        pw[k, i - 1] = wa + wb
+        pl[k, i - 1] += pl[k, i]
+        m -= 1
+    if m == 1 and pv[k, h] < 0.0:
+        pv[k, h] = 0.0
+    npool[k] = m
+    head[k] = h
+    s = 0.0
+    target = t - lag
+    if target >= 0:
+        for j in range(h + m - 1, h, -1):
+            if pt[k, j] == target:
+                s = pv[k, j] - g ** pl[k, j - 1] * pv[k, j - 1]
+                break
+            if pt[k, j] < target:
+                break
+    return s
+
+
 @njit(cache=True)
-def oasis_ar1_step(y, g, smin, lag, pv, pw, pt, pl, npool, t, s_out):
+def oasis_ar1_step(y, g, smin, lag, pv, pw, pt, pl, npool, head, t, s_out):
     """Feed one sample per trace to online OASIS AR(1) and finalise the frame `lag` back.
 
     OASIS (Friedrich, Zhou & Paninski 2017, PLoS CB) keeps the solution of
     min |c - y|^2 s.t. s_t = c_t - g c_{t-1} >= smin[k] or 0 as pools of constant
     s = 0; a new sample starts a pool that merges backwards while it would imply a
     spike below smin. State per trace k: pool values pv, weights pw, start frames pt,
-    lengths pl (each (n, P)), pool count npool; `t` is the index of this sample.
-    The spike at frame t - lag is written to s_out[k] (0 while t < lag). When P pools
-    are held the oldest is dropped (it can no longer be revised).
+    lengths pl (each (n, 2P), see `_oasis_push`), pool count npool, first pool head;
+    `t` is the index of this sample. The spike at frame t - lag is written to s_out[k]
+    (0 while t < lag). When P pools are held the oldest is dropped (it can no longer be
+    revised).
     """
-    n, cap = pv.shape
-    for k in range(n):
-        m = npool[k]
-        if m == cap:  # drop the oldest pool
-            for j in range(1, cap):
-                pv[k, j - 1] = pv[k, j]
-                pw[k, j - 1] = pw[k, j]
-                pt[k, j - 1] = pt[k, j]
-                pl[k, j - 1] = pl[k, j]
-            m -= 1
-        pv[k, m] = y[k]
-        pw[k, m] = 1.0
-        pt[k, m] = t
-        pl[k, m] = 1
-        m += 1
-        while m > 1:
-            i = m - 1
-            gl = g ** pl[k, i - 1]
-            if pv[k, i] >= gl * pv[k, i - 1] + smin[k]:
-                break
-            # merge pool i into pool i-1 (weighted least squares of the joint pool)
-            wa = pw[k, i - 1]
-            wb = pw[k, i] * gl * gl
-            pv[k, i - 1] = (pv[k, i - 1] * wa + pv[k, i] * pw[k, i] * gl) / (wa + wb)
-            pw[k, i - 1] = wa + wb
-            pl[k, i - 1] += pl[k, i]
-            m -= 1
-        if m == 1 and pv[k, 0] < 0.0:
-            pv[k, 0] = 0.0
-        npool[k] = m
-        s_out[k] = 0.0
-        target = t - lag
-        if target >= 0:
-            for j in range(m - 1, 0, -1):
-                if pt[k, j] == target:
-                    s_out[k] = pv[k, j] - g ** pl[k, j - 1] * pv[k, j - 1]
-                    break
-                if pt[k, j] < target:
-                    break
+    cap = pv.shape[1] // 2
+    for k in range(pv.shape[0]):
+        s_out[k] = _oasis_push(k, y[k], g, smin[k], lag, pv, pw, pt, pl, npool, head, cap, t)
     return s_out
 
 
 @njit(cache=True)
-def oasis_ar1_block(y, g, smin, lag, pv, pw, pt, pl, npool, t0, s_out):
+def oasis_ar1_block(y, g, smin, lag, pv, pw, pt, pl, npool, head, t0, s_out):
     """`oasis_ar1_step` over the rows of a (t, n) block whose first row is frame t0;
-    row i of s_out receives the spikes finalised at that step (frame t0 + i - lag)."""
-    for i in range(y.shape[0]):
-        oasis_ar1_step(y[i], g, smin, lag, pv, pw, pt, pl, npool, t0 + i, s_out[i])
+    row i of s_out receives the spikes finalised at that step (frame t0 + i - lag).
+    Traces are independent, so the loop runs trace by trace: one trace's pools stay in
+    cache for the whole block."""
+    cap = pv.shape[1] // 2
+    for k in range(pv.shape[0]):
+        for i in range(y.shape[0]):
+            s_out[i, k] = _oasis_push(k, y[i, k], g, smin[k], lag, pv, pw, pt, pl, npool, head, cap, t0 + i)
     return s_out
 
 
 @njit(cache=True)
-def oasis_ar1_pending(g, lag, pv, pt, pl, npool, t_last, s_out):
+def oasis_ar1_pending(g, lag, pv, pt, pl, npool, head, t_last, s_out):
     """Spikes of the `lag` frames after t_last - lag (not yet finalised), from the pools:
     s_out[j, k] is the spike at frame t_last - lag + 1 + j. Used at the end of a stream."""
     n = pv.shape[0]
     for k in range(n):
-        for j in range(npool[k] - 1, 0, -1):
+        h = head[k]
+        for j in range(h + npool[k] - 1, h, -1):
             off = pt[k, j] - (t_last - lag + 1)
             if off < 0:
                 break

@@ -83,3 +83,31 @@ def oasis_ar1_offline(y, g, smin):
     for i in range(1, len(pools)):
         s[pools[i][2]] = pools[i][0] - g ** pools[i - 1][3] * pools[i - 1][0]
     return s
+
+
+def oasis_ar1_online(y, g, smin, lag, cap):
+    """Online OASIS as the kernel runs it, plainly: at most `cap` pools (the oldest
+    dropped), and row t of the result holds the spike of frame t - lag as known then."""
+    pools = []
+    out = np.zeros(len(y))
+    for t, v in enumerate(y):
+        if len(pools) == cap:
+            pools.pop(0)
+        pools.append([float(v), 1.0, t, 1])
+        while len(pools) > 1:
+            a, b = pools[-2], pools[-1]
+            ga = g ** a[3]
+            if b[0] >= ga * a[0] + smin:
+                break
+            w = a[1] + b[1] * ga * ga
+            pools[-2] = [(a[0] * a[1] + b[0] * b[1] * ga) / w, w, a[2], a[3] + b[3]]
+            pools.pop()
+        if len(pools) == 1 and pools[0][0] < 0:
+            pools[0][0] = 0.0
+        for i in range(len(pools) - 1, 0, -1):
+            if pools[i][2] == t - lag:
+                out[t] = pools[i][0] - g ** pools[i - 1][3] * pools[i - 1][0]
+                break
+            if pools[i][2] < t - lag:
+                break
+    return out

@@ -125,3 +125,19 @@ def test_online_oasis_is_chunking_invariant():
         k.oasis_ar1_block(np.ascontiguousarray(y[a : a + n]), 0.95, smin, 3, *st2.arrays(), a, parts[a : a + n])
         a += n
     np.testing.assert_array_equal(whole, parts)
+
+
+def test_online_oasis_drops_the_oldest_pool_when_full():
+    """With few pools and many spikes the kernel keeps hitting its pool limit; it must
+    still equal the plain twin that drops the oldest pool each time."""
+    from operators.calcium.deconv import OasisState
+
+    y, _ = synthetic_traces(3, 500, spike_hz=3.0, sigma=0.1, seed=11)
+    smin = np.full(3, 0.2)
+    st = OasisState(3, 5)
+    got = np.zeros_like(y)
+    for a in range(0, 500, 37):  # in chunks: the head offset carries over
+        k.oasis_ar1_block(np.ascontiguousarray(y[a : a + 37]), 0.95, smin, 2, *st.arrays(), a, got[a : a + 37])
+    assert st.npool.max() == 5  # the limit was reached
+    for j in range(3):
+        np.testing.assert_allclose(got[:, j], naive.oasis_ar1_online(y[:, j], 0.95, 0.2, 2, 5), atol=1e-12)
