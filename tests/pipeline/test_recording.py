@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -16,8 +17,9 @@ import pytest
 
 from pipeline import ConfigError, DataError, Graph, run
 from pipeline import schemas as sch
-from pipeline.recording import MANIFEST, Recording, inspect_recording
-from pipeline.testing import CollectSink, ListSource, tables_equal
+from pipeline.operator import Source
+from pipeline.recording import MANIFEST, Recording, StreamFile, inspect_recording
+from pipeline.testing import CollectSink, ListParams, ListSource, tables_equal
 
 
 def _record_synthetic(folder, duration_s=0.05, **options):
@@ -288,6 +290,102 @@ def test_a_stream_that_changes_schema_mid_recording_fails_clearly(tmp_path, back
     with pytest.raises(Exception, match="stream 'src.out' changed schema mid-recording"):
         run(g)
     assert Recording(tmp_path / "r").table("src.out").num_rows == 2  # what came before is kept
+
+
+# --- the writer thread ---------------------------------------------------------------
+
+_GATE = threading.Event()
+_FOLDER_GONE: list = []
+
+
+class _GatedSource(Source):
+    """Yields two batches, then holds the rest until the test opens the gate.
+
+    (The feed reads one batch ahead, so the first reaches the graph while the second waits.)
+    """
+
+    name = "gated_source"
+    outputs = {"out": "any"}
+    Params = ListParams
+
+    def schemas(self, inputs):
+        return {"out": self.params.batches[0].schema}
+
+    def generate(self):
+        yield from self.params.batches[:2]
+        _GATE.wait(60)
+        yield from self.params.batches[2:]
+
+
+class _FolderRemovingSource(ListSource):
+    """Removes the recording folder after a few batches, as a yanked disk would."""
+
+    name = "folder_removing_source"
+
+    def generate(self):
+        for i, batch in enumerate(self.params.batches):
+            yield batch
+            if i == 3:
+                time.sleep(0.2)  # the writer has taken up and written the first batches
+                for f in _FOLDER_GONE[0].iterdir():
+                    f.unlink()
+                _FOLDER_GONE[0].rmdir()
+
+
+def _events(n_batches, rows=100):
+    schema = sch.events_schema(8, 8)
+    return [sch.events_batch(np.arange(k * rows, (k + 1) * rows), np.zeros(rows, np.uint16),
+                             np.zeros(rows, np.uint16), np.ones(rows, bool), schema) for k in range(n_batches)]
+
+
+def test_the_writer_thread_writes_a_batch_without_waiting_for_the_next(tmp_path):
+    # crash safety of a slow stream: what the tap took is on disk before the stream goes on
+    batches = _events(4)
+    g = Graph("slow")
+    g.add("src", _GatedSource(ListParams(batches=batches)))
+    g.add("n", "count_sink", inputs={"in": "src.out"})
+    g.tap(["src.out"], tmp_path / "r", flush_ms=20)
+    _GATE.clear()
+    runner = threading.Thread(target=run, args=(g,))
+    runner.start()
+    try:
+        f = StreamFile(tmp_path / "r" / "src.out.arrow")
+        seen = []
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            if f.path.exists():
+                seen = list(f.batches())
+            time.sleep(0.01)
+        assert seen and seen[0].num_rows == 100  # the first batch, while the source still holds the rest
+    finally:
+        _GATE.set()
+        runner.join(60)
+    assert Recording(tmp_path / "r").table("src.out").num_rows == 400
+
+
+def test_a_full_queue_makes_the_pipeline_wait_and_loses_nothing(tmp_path):
+    # a writer far slower to wake than the pipeline is fast: the pipeline waits (lossless)
+    batches = _events(200, rows=10)
+    g = Graph("burst")
+    g.add("src", ListSource.of(batches))
+    g.add("n", "count_sink", inputs={"in": "src.out"})
+    g.tap(["src.out"], tmp_path / "r", queue_batches=2, flush_ms=1000)
+    res = run(g)
+    assert res.results["__record__"]["streams"]["src.out"] == {"batches": 200, "rows": 2000}
+    assert tables_equal(list(Recording(tmp_path / "r").batches("src.out")), batches)
+    m = json.loads((tmp_path / "r" / MANIFEST).read_text())["streams"]["src.out"]
+    assert (m["first_seq"], m["last_seq"], m["seq_gaps"], m["t_start_us"], m["t_end_us"]) == (0, 199, 0, 0, 1999)
+
+
+def test_a_writer_thread_failure_stops_the_pipeline_with_a_clear_error(tmp_path):
+    folder = tmp_path / "r"
+    _FOLDER_GONE[:] = [folder]
+    g = Graph("yanked")
+    g.add("src", _FolderRemovingSource(ListParams(batches=_events(50))))
+    g.add("n", "count_sink", inputs={"in": "src.out"})
+    g.tap(["src.out"], folder, rotate_mb=0.000001, flush_ms=1)  # every batch opens a new file
+    with pytest.raises(Exception, match=rf"'__record__' failed at batch \d+: cannot write '{folder}/src\.out\.\d{{4}}\.arrow'"):
+        run(g)
 
 
 def test_replaying_a_stream_the_recording_lacks(tmp_path):
