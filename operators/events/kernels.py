@@ -267,31 +267,6 @@ def compact(t, x, y, p, keep):
 
 
 @_jit
-def split_packet(t_in, x_in, y_in, p_in, width, height, t_last):
-    """Contiguous columns from a decoder's packed records, checked in the same pass.
-
-    Returns (t, x, y, p, bad): `bad` is the index of the first event out of order or
-    outside the sensor, or -1.
-    """
-    n = t_in.shape[0]
-    t = np.empty(n, np.int64)
-    x = np.empty(n, np.uint16)
-    y = np.empty(n, np.uint16)
-    p = np.empty(n, np.bool_)
-    bad = -1
-    for i in range(n):
-        ti = np.int64(t_in[i])
-        if bad < 0 and (ti < t_last or x_in[i] >= width or y_in[i] >= height):
-            bad = i
-        t_last = ti
-        t[i] = ti
-        x[i] = x_in[i]
-        y[i] = y_in[i]
-        p[i] = p_in[i]
-    return t, x, y, p, bad
-
-
-@_jit
 def check_sorted_inside(t, x, y, width, height, t_last):
     """Index of the first event that goes back in time or lies outside the sensor, or -1."""
     for i in range(t.shape[0]):
@@ -299,6 +274,47 @@ def check_sorted_inside(t, x, y, width, height, t_last):
             return i
         t_last = t[i]
     return -1
+
+
+@_jit
+def column_views(block, cap):
+    """The t, x, y, p columns (int64, uint16, uint16, bool) of a uint8 block of 13 * cap bytes."""
+    return (block[: 8 * cap].view(np.int64), block[8 * cap : 10 * cap].view(np.uint16),
+            block[10 * cap : 12 * cap].view(np.uint16), block[12 * cap : 13 * cap].view(np.bool_))
+
+
+RECORD_BYTES = 13  # the packed record of aedat, faery and our UDP format: t u64, x u16, y u16, on u8
+
+
+@_jit
+def append_records(raw, block, cap, j, width, height, t_last):
+    """Checks one packet of packed event records and appends it to a column block at `j`.
+
+    `raw` is the packet as bytes (13 per event, little-endian `t` u64, `x` u16, `y` u16,
+    `on` u8); `block` holds columns for `cap` events back to back: `t` int64, `x`, `y`
+    uint16, `p` bool (see `column_views`). One pass checks and copies, reading the packet
+    once while it is still in cache. Returns False when an event goes back in time or lies
+    outside the sensor; the columns past `j` then hold garbage the caller does not count.
+    The caller guarantees room for the whole packet.
+    """
+    n = raw.shape[0] // RECORD_BYTES
+    t, x, y, p = column_views(block, cap)
+    prev = t_last
+    bad = False
+    for i in range(n):
+        o = RECORD_BYTES * i
+        ti = np.int64(0)
+        for b in range(8):
+            ti |= np.int64(raw[o + b]) << (8 * b)
+        xi = np.uint16(raw[o + 8]) | (np.uint16(raw[o + 9]) << 8)
+        yi = np.uint16(raw[o + 10]) | (np.uint16(raw[o + 11]) << 8)
+        bad |= (ti < prev) | (xi >= width) | (yi >= height)
+        prev = ti
+        t[j + i] = ti
+        x[j + i] = xi
+        y[j + i] = yi
+        p[j + i] = raw[o + 12] != 0
+    return not bad
 
 
 @_jit
@@ -338,5 +354,6 @@ def warm_up() -> None:
     compact(t, x, y, p, p)
     check_sorted_inside(t, x, y, 2, 2, np.int64(0))
     all_valid(t, x, y, 2, 2, np.int64(0))
-    rec = np.zeros(2, [("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "?")])
-    split_packet(rec["t"], rec["x"], rec["y"], rec["on"], 2, 2, np.int64(0))
+    block = np.zeros(13 * 4, np.uint8)
+    column_views(block, 4)
+    append_records(np.zeros(2 * RECORD_BYTES, np.uint8), block, 4, 0, 2, 2, np.int64(0))

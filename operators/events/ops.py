@@ -240,8 +240,10 @@ class RoiCrop(EventOperator):
         p = self.params
         t, x, y = txy(batch)
         keep = K.roi(x, y, p.x, p.y, p.width, p.height)
-        out_schema = self.out_schema(batch.schema)
-        return events_batch(t[keep], x[keep] - p.x, y[keep] - p.y, polarity(batch)[keep], out_schema)
+        t, x, y, pol = K.compact(t, x, y, polarity(batch), keep)
+        x -= np.uint16(p.x)
+        y -= np.uint16(p.y)
+        return events_batch(t, x, y, pol, self.out_schema(batch.schema))
 
 
 class DownsampleParams(Params):

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from operators.events import kernels as K
+from operators.events.columns import events_batch
 from operators.events.synthetic import GESTURES, gesture_recording
 from pipeline import schemas as sch
 from pipeline.errors import DataError, LinkError
@@ -50,69 +51,131 @@ def check_events(t: np.ndarray, x: np.ndarray, y: np.ndarray, width: int, height
     return None
 
 
+DEFAULT_BATCH_EVENTS = 65_536
+_RECORD = np.dtype({"names": ["t", "x", "y", "on"], "formats": ["<u8", "<u2", "<u2", "u1"], "offsets": [0, 8, 10, 12],
+                    "itemsize": 13})
+
+
+def _packed(d: np.dtype) -> bool:
+    """Whether records of dtype `d` are laid out as `kernels.append_records` reads them."""
+    f = d.fields or {}
+    return (d.itemsize == K.RECORD_BYTES and all(k in f for k in ("t", "x", "y", "on"))
+            and [f[k][:2] for k in ("t", "x", "y")] == [(np.dtype("<u8"), 0), (np.dtype("<u2"), 8), (np.dtype("<u2"), 10)]
+            and f["on"][1] == 12 and f["on"][0].itemsize == 1)
+
+
+def _repack(records: np.ndarray) -> np.ndarray:
+    out = np.empty(len(records), _RECORD)
+    for k in ("t", "x", "y", "on"):
+        out[k] = records[k]
+    return out
+
+
 class _Batcher:
-    """Cuts a stream of event columns into batches of `batch_events` events or `batch_us` windows."""
+    """Packs decoded packets into preallocated columns and cuts them into Arrow batches.
+
+    Batches hold `batch_events` events, or one aligned window of `batch_us`, or (neither
+    given) DEFAULT_BATCH_EVENTS events: coalescing the decoder's small packets keeps the
+    per-batch cost (Arrow wrapping, every downstream operator's call) off the per-event
+    budget. Each packet is checked and copied in one Numba pass (`kernels.append_records`);
+    a bad packet is refused whole and leaves nothing behind. Emitted batches are views of
+    columns that are never written again: the next events go to fresh columns.
+    """
 
     def __init__(self, schema, batch_us: int | None, batch_events: int | None):
         self.schema = schema
+        self.width, self.height = sch.fact(schema, "width"), sch.fact(schema, "height")
         self.batch_us = batch_us
-        self.batch_events = batch_events
-        self.held: list[tuple] = []
-        self.n_held = 0
+        self.batch_events = None if batch_us else (batch_events or DEFAULT_BATCH_EVENTS)
+        self.t_last = 0
+        self.n = 0
+        self.due = False  # a batch is complete: call ready()
+        self.layout = None  # the records' dtype, once checked (a decoder keeps one; checking costs µs)
+        self._fresh(max(self.batch_events or 0, DEFAULT_BATCH_EVENTS) + 8192)
 
-    def push(self, t, x, y, p) -> Iterator:
-        if self.batch_us is None and self.batch_events is None:
-            if len(t):
-                yield sch.events_batch(t, x, y, p, self.schema)
-            return
-        self.held.append((t, x, y, p))
-        self.n_held += len(t)
-        if self.batch_events is not None:
-            if self.n_held >= self.batch_events:
-                cols = self._take()
-                n = len(cols[0]) // self.batch_events * self.batch_events
-                for i in range(0, n, self.batch_events):
-                    yield sch.events_batch(*(c[i : i + self.batch_events] for c in cols), self.schema)
-                if n < len(cols[0]):
-                    self.held = [tuple(c[n:] for c in cols)]
-                    self.n_held = len(cols[0]) - n
+    def _fresh(self, cap: int, keep_from: int | None = None):
+        """New columns for `cap` events (one block); the events from `keep_from` on move over."""
+        block = np.empty(K.RECORD_BYTES * cap, np.uint8)
+        new = K.column_views(block, cap)
+        if keep_from is not None:
+            m = self.n - keep_from
+            for a, b in zip(new, self.cols, strict=True):
+                a[:m] = b[keep_from : self.n]
+            self.n = m
         else:
-            t_new = t[-1] if len(t) else None
-            if t_new is None:
+            self.n = 0
+        self.cap, self.block, self.cols = cap, block, new
+        self._set_due()
+
+    def _set_due(self):
+        if self.n == 0:
+            self.due = False
+        elif self.batch_events is not None:
+            self.due = self.n >= self.batch_events
+        else:  # a window is complete once an event of a later window has arrived
+            self.due = self.t_last // self.batch_us > int(self.cols[0][0]) // self.batch_us
+
+    def append(self, records: np.ndarray) -> bool:
+        """Checks and takes one packet of records; False (and nothing taken) when it is bad."""
+        k = len(records)
+        if k == 0:
+            return True
+        if self.n + k > self.cap:
+            self._fresh(max(2 * self.cap, self.n + k), keep_from=0)
+        if records.dtype != self.layout:  # `!=` is cheap when the dtype is the same object
+            if not _packed(records.dtype):
+                records = _repack(records)
+            else:
+                self.layout = records.dtype
+        if not records.flags.c_contiguous:
+            records = _repack(records)
+        if not K.append_records(records.view(np.uint8), self.block, self.cap, self.n, self.width, self.height,
+                                self.t_last):
+            return False
+        self.n += k
+        self.t_last = int(self.cols[0][self.n - 1])
+        self._set_due()
+        return True
+
+    def _batch(self, a: int, b: int):
+        t, x, y, p = self.cols
+        return events_batch(t[a:b], x[a:b], y[a:b], p[a:b], self.schema)
+
+    def ready(self) -> Iterator:
+        """The batches that are complete now (check `due` first: this is the slow path)."""
+        if self.batch_events is not None:
+            whole = self.n // self.batch_events * self.batch_events
+            if whole == 0:
                 return
-            edge = int(t_new) // self.batch_us * self.batch_us
-            cols = self._take()
-            cut = int(np.searchsorted(cols[0], edge, side="left"))
-            yield from self._windows(tuple(c[:cut] for c in cols))
-            if cut < len(cols[0]):
-                self.held = [tuple(c[cut:] for c in cols)]
-                self.n_held = len(cols[0]) - cut
+            for a in range(0, whole, self.batch_events):
+                yield self._batch(a, a + self.batch_events)
+        else:
+            # a window is complete once an event of a later window has arrived
+            t = self.cols[0]
+            edge = int(t[self.n - 1]) // self.batch_us * self.batch_us
+            whole = int(np.searchsorted(t[: self.n], edge, side="left"))
+            if whole == 0:
+                return
+            yield from self._windows(whole)
+        self._fresh(self.cap, keep_from=whole)
 
     def flush(self) -> Iterator:
-        cols = self._take()
-        if cols is None or not len(cols[0]):
+        if self.n == 0:
             return
         if self.batch_events is not None:
-            for i in range(0, len(cols[0]), self.batch_events):
-                yield sch.events_batch(*(c[i : i + self.batch_events] for c in cols), self.schema)
+            for a in range(0, self.n, self.batch_events):
+                yield self._batch(a, min(a + self.batch_events, self.n))
         else:
-            yield from self._windows(cols)
+            yield from self._windows(self.n)
+        self._fresh(self.cap)
 
-    def _take(self):
-        if not self.held:
-            return None
-        cols = tuple(np.concatenate([h[k] for h in self.held]) if len(self.held) > 1 else self.held[0][k]
-                     for k in range(4))
-        self.held, self.n_held = [], 0
-        return cols
-
-    def _windows(self, cols) -> Iterator:
-        t = cols[0]
+    def _windows(self, stop_at: int) -> Iterator:
+        t = self.cols[0][:stop_at]
         start = 0
-        while start < len(t):
+        while start < stop_at:
             w_end = (int(t[start]) // self.batch_us + 1) * self.batch_us
             stop = int(np.searchsorted(t, w_end, side="left"))
-            yield sch.events_batch(*(c[start:stop] for c in cols), self.schema)
+            yield self._batch(start, stop)
             start = stop
 
 
@@ -199,12 +262,10 @@ class Aedat4Source(Source):
         p = self.params
         schemas = self.schemas({})
         ev_schema = schemas["out"]
-        width, height = sch.fact(ev_schema, "width"), sch.fact(ev_schema, "height")
         decoder = aedat.Decoder(str(p.path))
         event_ids = {i for i, s in decoder.id_to_stream().items() if s["type"] == "events"}
         main_id = min(event_ids)
         batcher = _Batcher(ev_schema, p.batch_us, p.batch_events)
-        t_last = 0
         index = -1
         failures_in_a_row = 0
         while True:
@@ -226,16 +287,15 @@ class Aedat4Source(Source):
                 if packet["stream_id"] != main_id:
                     continue
                 arr = packet["events"]
-                t, x, y, pol, bad = K.split_packet(arr["t"], arr["x"], arr["y"], arr["on"], width, height,
-                                                   np.int64(t_last))
-                if bad >= 0:
-                    self._fail(index, check_events(t, x, y, width, height, t_last) or f"bad event {bad}")
+                t_last = batcher.t_last
+                if not batcher.append(arr):
+                    self._fail(index, check_events(arr["t"].astype(np.int64), arr["x"], arr["y"], batcher.width,
+                                                   batcher.height, t_last) or "bad event")
                     continue
-                if len(t):
-                    t_last = int(t[-1])
-                self.events += len(t)
-                for b in batcher.push(t, x, y, pol):
-                    yield "out", b
+                self.events += len(arr)
+                if batcher.due:
+                    for b in batcher.ready():
+                        yield "out", b
             elif "frame" in packet:
                 f = packet["frame"]
                 pix = np.asarray(f["pixels"])
@@ -317,9 +377,7 @@ class EventFileSource(Source):
     def generate(self):
         p = self.params
         schema = self.schemas({})["out"]
-        width, height = sch.fact(schema, "width"), sch.fact(schema, "height")
         batcher = _Batcher(schema, p.batch_us, p.batch_events)
-        t_last = 0
         it = iter(self._open())
         index = -1
         while True:
@@ -333,16 +391,16 @@ class EventFileSource(Source):
                     raise DataError(f"event file '{p.path}' packet {index}: unreadable ({exc})") from None
                 self.skipped_packets += 1
                 break
-            t = arr["t"].astype(np.int64)
-            why = check_events(t, arr["x"], arr["y"], width, height, t_last)
-            if why:
+            t_last = batcher.t_last
+            if not batcher.append(arr):
                 if p.on_error == "raise":
-                    raise DataError(f"event file '{p.path}' packet {index}: {why}")
+                    why = check_events(arr["t"].astype(np.int64), arr["x"], arr["y"], batcher.width, batcher.height,
+                                       t_last)
+                    raise DataError(f"event file '{p.path}' packet {index}: {why or 'bad event'}")
                 self.skipped_packets += 1
                 continue
-            if len(t):
-                t_last = int(t[-1])
-            yield from batcher.push(t, arr["x"], arr["y"], arr["on"])
+            if batcher.due:
+                yield from batcher.ready()
         yield from batcher.flush()
 
     def result(self):
@@ -396,7 +454,6 @@ class UdpEventSource(Source):
             self.setup()
         schema = self.schemas({})["out"]
         batcher = _Batcher(schema, None, p.batch_events)
-        t_last = 0
         while p.max_events is None or self.received < p.max_events:
             try:
                 data = self.sock.recv(1 << 16)
@@ -407,17 +464,18 @@ class UdpEventSource(Source):
                 why = f"datagram of {len(data)} bytes is not a whole number of {UDP_DTYPE.itemsize}-byte events"
             else:
                 arr = np.frombuffer(data, UDP_DTYPE)
-                t = arr["t"].astype(np.int64)
-                why = check_events(t, arr["x"], arr["y"], p.width, p.height, t_last)
+                t_last = batcher.t_last
+                if not batcher.append(arr):
+                    why = check_events(arr["t"].astype(np.int64), arr["x"], arr["y"], p.width, p.height, t_last)
+                    why = why or "bad event"
             if why:
                 if p.on_error == "raise":
                     raise DataError(f"udp_event_source {p.host}:{p.port} datagram {self.received}: {why}")
                 self.bad_datagrams += 1
                 continue
-            if len(t):
-                t_last = int(t[-1])
-            self.received += len(t)
-            yield from batcher.push(t, arr["x"], arr["y"], arr["on"].astype(bool))
+            self.received += len(arr)
+            if batcher.due:
+                yield from batcher.ready()
         yield from batcher.flush()
 
     def close(self):

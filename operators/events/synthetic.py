@@ -384,8 +384,11 @@ def _structured(events: dict) -> np.ndarray:
     return arr
 
 
-def write_aedat4(path, events: dict, width: int, height: int) -> Path:
-    """Write events {t, x, y, p} as an AEDAT4 file (one event stream, LZ4) through faery."""
+def write_aedat4(path, events: dict, width: int, height: int, compression: str | None = "lz4") -> Path:
+    """Write events {t, x, y, p} as an AEDAT4 file (one event stream) through faery.
+
+    `compression`: "lz4" (what DV cameras write, the default), "zstd" or None.
+    """
     import faery
 
     path = Path(path)
@@ -394,7 +397,8 @@ def write_aedat4(path, events: dict, width: int, height: int) -> Path:
         raise DataError(f"cannot write '{path}': event timestamps must be non-negative and sorted")
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = _structured(events)
-    faery.events_stream_from_array(arr, dimensions=(int(width), int(height))).to_file(str(path))
+    faery.events_stream_from_array(arr, dimensions=(int(width), int(height))).to_file(
+        str(path), compression=None if compression is None else (compression, 1))
     return path
 
 
