@@ -3,23 +3,88 @@
 Places are split into consecutive regions of `places_per_module`; each module learns its
 region, is calibrated on its region's calibration frames (hyperactive-neuron cut), and at
 query time reports a score per place; the ensemble concatenates them and the best-scoring
-place wins. `workers=0` runs in-process; `workers>=1` spreads the modules over that many
-Ray actors (training in parallel, queries fanned out and gathered). Also: the SAD baseline,
-sequence matching and the Recall@N / precision-recall metrics.
+place wins. With rate-coded queries (the default) the kept neurons of all modules are
+stacked into one weight matrix (`Stacked`), so a query is one matrix product, one reduction
+per place and a top-k by `argpartition`. `workers=0` runs in-process; `workers>=1` spreads
+the modules over that many Ray actors (training in parallel, queries fanned out and
+gathered). Also: the SAD baseline, sequence matching and the Recall@N / precision-recall
+metrics.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import numpy as np
 
-from operators.control.place.network import Module, ModuleParams
+from operators.control.place.network import Module, ModuleParams, fill_empty, jitter
 
 
-def _fit_region(places, ref, cal, cal_local, params, seed, calibrate=True) -> Module:
-    m = Module.fit(places, ref, params, seed)
-    if calibrate and len(cal):
-        m.calibrate(cal, cal_local)
-    return m
+class Stacked:
+    """The kept neurons of some modules as one weight matrix, rows sorted by place.
+
+    A query batch is one product with the stacked weights and one `reduceat` per place
+    (best or mean neuron); columns of the result follow the modules' places in order.
+    Rate-coded modules only (`Module.drive` + `Module.scores` is the slow twin).
+
+    Past `32 * candidates` neurons the search is coarse to fine: drives are first
+    approximated in a `rank`-dimensional basis of the weights (the top principal directions
+    of up to 4096 sampled neurons), and only each query's `candidates` best neurons get their
+    exact drive. The coarse product is `rank / n_pixels` (32/784) of the exact one, so query
+    cost stays nearly flat as places grow; `exact=True` forces the full product.
+    """
+
+    def __init__(self, modules: list[Module], removal: bool = True, readout: str | None = None,
+                 rank: int = 32, candidates: int = 128, seed: int = 0):
+        ws, cols, offset = [], [], 0
+        for m in modules:
+            keep = m.kept(None if removal else 10**9)
+            ws.append(m.w[:, keep].T * m.params.drive_mv)
+            cols.append(offset + m.labels[keep])
+            offset += len(m.places)
+        col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        order = np.argsort(col, kind="stable")
+        wt = np.concatenate(ws) if ws else np.zeros((0, 0))
+        self.wt = np.ascontiguousarray(wt[order], dtype=np.float32)       # (n_neurons, n_pixels)
+        self.present, self.starts = np.unique(col[order], return_index=True)
+        self.sizes = np.diff(np.append(self.starts, len(col))).astype(np.float32)
+        self.n_places = offset
+        self.readout = readout or (modules[0].params.readout if modules else "max")
+        self.candidates = candidates
+        self.basis = self.low = None
+        if rank and len(self.wt) > 32 * candidates:
+            rng = np.random.default_rng(seed)
+            sample = self.wt[rng.choice(len(self.wt), min(len(self.wt), 4096), replace=False)]
+            _, _, vt = np.linalg.svd(sample.astype(np.float64), full_matrices=False)
+            self.basis = np.ascontiguousarray(vt[:rank].T, dtype=np.float32)   # (n_pixels, rank)
+            self.low = np.ascontiguousarray((self.wt @ self.basis).T)         # (rank, n_neurons)
+
+    def drives(self, x: np.ndarray, exact: bool = False) -> np.ndarray:
+        """(n_images, n_neurons) drives: exact, or coarse with each query's best candidates exact."""
+        if exact or self.basis is None:
+            return x @ self.wt.T
+        d = (x @ self.basis) @ self.low
+        cand = np.argpartition(-d, self.candidates - 1, axis=1)[:, :self.candidates]
+        exact_d = np.einsum("qp,qcp->qc", x, self.wt[cand])
+        np.put_along_axis(d, cand, exact_d, axis=1)
+        return d
+
+    def scores(self, imgs, exact: bool = False) -> np.ndarray:
+        if not len(self.present):
+            return np.zeros((len(imgs), self.n_places), np.float32)
+        d = self.drives(np.asarray(imgs, np.float32).reshape(len(imgs), -1), exact)
+        if self.readout == "max":
+            per = np.maximum.reduceat(d, self.starts, axis=1)
+        else:
+            per = np.add.reduceat(d, self.starts, axis=1) / self.sizes
+        if len(self.present) == self.n_places:
+            return per
+        out = np.empty((len(imgs), self.n_places), np.float32)
+        out[:, self.present] = per
+        has = np.zeros(self.n_places, bool)
+        has[self.present] = True
+        return fill_empty(out, has)
 
 
 class _Worker:
@@ -27,16 +92,40 @@ class _Worker:
 
     def __init__(self):
         self.modules: list[Module] = []
+        self._stacked: dict = {}
 
     def fit(self, jobs) -> int:
         for job in jobs:
-            self.modules.append(_fit_region(*job))
+            self.modules.append(Module.fit(*job))
+        self._stacked = {}
         return len(self.modules)
 
-    def scores(self, imgs, removal: bool = True, readout: str | None = None) -> np.ndarray:
+    def cut_tops(self, imgs, cuts) -> list[tuple]:
+        """Per hyperactivity cut: each image's two best places (global ids), their scores and its lowest score."""
+        resp = [m.response(imgs) for m in self.modules]
+        places = self.places()
+        out = []
+        for c in cuts:
+            s = np.concatenate([m.scores(r, c) for m, r in zip(self.modules, resp, strict=True)], axis=1)
+            idx, val = topk(s, 2)
+            out.append((places[idx], val, s.min(axis=1)))
+        return out
+
+    def set_cut(self, cut: int) -> int:
+        for m in self.modules:
+            m.max_breadth = cut
+        self._stacked = {}
+        return int(max((m.ref_breadth.max(initial=0) for m in self.modules), default=0))
+
+    def scores(self, imgs, removal: bool = True, readout: str | None = None, exact: bool = False) -> np.ndarray:
+        if self.modules and all(m.params.query == "rate" for m in self.modules):
+            key = (removal, readout)
+            if key not in self._stacked:
+                self._stacked[key] = Stacked(self.modules, removal, readout)
+            return self._stacked[key].scores(imgs, exact)
         out = []
         for m in self.modules:
-            out.append(m.scores(m.counts(imgs), None if removal else 10**9, readout))
+            out.append(m.scores(m.response(imgs), None if removal else 10**9, readout))
         return np.concatenate(out, axis=1) if out else np.zeros((len(imgs), 0))
 
     def places(self) -> np.ndarray:
@@ -44,6 +133,9 @@ class _Worker:
 
     def dump(self) -> list[Module]:
         return self.modules
+
+    def cpu_s(self) -> float:
+        return time.process_time()
 
 
 class Ensemble:
@@ -55,29 +147,66 @@ class Ensemble:
         self._order = None
 
     @classmethod
-    def fit(cls, reference, calibration=None, calibration_places=None, places_per_module: int = 25,
+    def fit(cls, reference, calibration=None, calibration_places=None, places_per_module: int = 10,
             params: ModuleParams | None = None, workers: int = 0, seed: int = 0, progress=None) -> Ensemble:
         n = len(reference)
         cal_places = np.asarray(calibration_places if calibration_places is not None else np.arange(0))
         jobs = []
         for k, a in enumerate(range(0, n, places_per_module)):
             places = np.arange(a, min(n, a + places_per_module))
-            sel = (cal_places >= a) & (cal_places < places[-1] + 1)
-            cal = calibration[sel] if calibration is not None else np.zeros((0,) + reference.shape[1:])
-            jobs.append((places, reference[places], cal, cal_places[sel] - a, params, seed + k))
+            jobs.append((places, reference[places], params, seed + k))
         if workers <= 0:
             w = _Worker()
             for job in jobs:
                 w.fit([job])
                 if progress:
                     progress()
-            return cls([w], remote=False)
-        import ray
+            ens = cls([w], remote=False)
+        else:
+            import ray
 
-        actor = ray.remote(num_cpus=1)(_Worker)
-        ws = [actor.remote() for _ in range(workers)]
-        ray.get([w.fit.remote(jobs[i::workers]) for i, w in enumerate(ws)])
-        return cls(ws, remote=True)
+            actor = ray.remote(num_cpus=1)(_Worker)
+            ws = [actor.remote() for _ in range(workers)]
+            ray.get([w.fit.remote(jobs[i::workers]) for i, w in enumerate(ws)])
+            ens = cls(ws, remote=True)
+        if calibration is not None and len(cal_places):
+            ens.calibrate(calibration, cal_places)
+        return ens
+
+    def _call(self, name: str, *args) -> list:
+        if self.remote:
+            import ray
+
+            return ray.get([getattr(w, name).remote(*args) for w in self.workers])
+        return [getattr(w, name)(*args) for w in self.workers]
+
+    def calibrate(self, calibration, calibration_places) -> int:
+        """Choose one hyperactivity cut for all modules on the held-out calibration traversal.
+
+        Neurons that fired for more than `cut` of their module's reference places are
+        removed. The cut maximises the whole ensemble's Recall@1 on the calibration frames,
+        then its recall at 100% precision (hyperactive neurons mostly raise the runner-up,
+        i.e. cost confidence); ties keep more neurons. Returns the cut.
+        """
+        top = max(self._call("set_cut", 10**9))
+        cuts = list(range(max(top, 1), 0, -1))
+        parts = self._call("cut_tops", np.asarray(calibration, np.float32), cuts)
+        truth = np.asarray(calibration_places)
+        best_key, best_cut = None, cuts[0]
+        for i, cut in enumerate(cuts):
+            idx = np.concatenate([p[i][0] for p in parts], axis=1)
+            val = np.concatenate([p[i][1] for p in parts], axis=1)
+            lo = np.min([p[i][2] for p in parts], axis=0)
+            o = np.argsort(-val, axis=1, kind="stable")[:, :2]
+            idx, val = np.take_along_axis(idx, o, 1), np.take_along_axis(val, o, 1)
+            conf = (val[:, 0] - val[:, -1]) / np.maximum(val[:, 0] - lo, 1e-9)
+            pr = precision_recall(idx[:, 0] == truth, conf)
+            key = (round(pr["recall@1"], 9), round(pr["recall@100%precision"], 9))
+            if best_key is None or key > best_key:
+                best_key, best_cut = key, cut
+        self._call("set_cut", best_cut)
+        self.cut = best_cut
+        return best_cut
 
     def places(self) -> np.ndarray:
         if self._order is None:
@@ -90,19 +219,44 @@ class Ensemble:
             self._order = np.concatenate(parts)
         return self._order
 
-    def scores(self, imgs, removal: bool = True, readout: str | None = None) -> np.ndarray:
-        """(n_images, n_places) scores in global place order (readout: module default, max, mean)."""
+    def scores(self, imgs, removal: bool = True, readout: str | None = None, exact: bool = False) -> np.ndarray:
+        """(n_images, n_places) scores in global place order (readout: module default, max, mean).
+
+        `exact` turns off the coarse-to-fine search of large stacks (see `Stacked`).
+        """
         imgs = np.asarray(imgs, dtype=np.float32)
         if self.remote:
             import ray
 
-            parts = ray.get([w.scores.remote(imgs, removal, readout) for w in self.workers])
+            parts = ray.get([w.scores.remote(imgs, removal, readout, exact) for w in self.workers])
         else:
-            parts = [w.scores(imgs, removal, readout) for w in self.workers]
-        s = np.concatenate(parts, axis=1)
-        out = np.zeros_like(s)
-        out[:, self.places()] = s
+            parts = [w.scores(imgs, removal, readout, exact) for w in self.workers]
+        return self._ordered(np.concatenate(parts, axis=1))
+
+    def _ordered(self, s: np.ndarray) -> np.ndarray:
+        order = self.places()
+        if np.array_equal(order, np.arange(len(order))):
+            return s
+        out = np.empty_like(s)
+        out[:, order] = s
         return out
+
+    def top(self, imgs, k: int = 1, removal: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The k best places per image and their scores, best first."""
+        return topk(self.scores(imgs, removal), k)
+
+    def requeried(self, query: str, calibration, calibration_places) -> Ensemble:
+        """The same trained modules with another query mode, hyperactivity cut recalibrated for it."""
+        ens = Ensemble.of([replace(m, params=replace(m.params, query=query)) for m in self.modules()])
+        ens.calibrate(calibration, calibration_places)
+        return ens
+
+    @classmethod
+    def of(cls, modules: list[Module]) -> Ensemble:
+        """An in-process ensemble of already trained modules."""
+        w = _Worker()
+        w.modules = list(modules)
+        return cls([w], remote=False)
 
     def modules(self) -> list[Module]:
         if self.remote:
@@ -120,8 +274,16 @@ class Ensemble:
         self.workers = []
 
 
-def sad_scores(reference, query) -> np.ndarray:
-    """Sum of absolute differences baseline, negated so that higher is better."""
+def sad_scores(reference, query, shift_px: int = 0) -> np.ndarray:
+    """Sum of absolute differences baseline, negated so that higher is better.
+
+    With `shift_px`, each reference also counts shifted by that many pixels up, down, left
+    and right, and its best (least different) view is the score: SAD with a shift search.
+    """
+    if shift_px:
+        views = jitter(np.asarray(reference), shift_px)
+        n = len(reference)
+        return np.max([sad_scores(views[v * n:(v + 1) * n], query) for v in range(len(views) // n)], axis=0)
     r = reference.reshape(len(reference), -1).astype(np.float32)
     q = query.reshape(len(query), -1).astype(np.float32)
     out = np.empty((len(q), len(r)), np.float32)
@@ -142,13 +304,22 @@ def sequence_scores(scores: np.ndarray, k: int) -> np.ndarray:
     return out / n
 
 
+def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of each row's k largest scores, best first (argpartition: O(n) per row)."""
+    k = max(1, min(k, scores.shape[1]))
+    idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    val = np.take_along_axis(scores, idx, axis=1)
+    o = np.argsort(-val, axis=1, kind="stable")
+    return np.take_along_axis(idx, o, axis=1), np.take_along_axis(val, o, axis=1)
+
+
 def confidence(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Best place and a confidence in [0, 1]: the margin of the best over the runner-up."""
-    best = scores.argmax(axis=1)
-    top2 = np.sort(scores, axis=1)[:, -2:] if scores.shape[1] > 1 else np.concatenate([scores, scores], 1)
-    lo = scores.min(axis=1)
-    span = np.maximum(top2[:, 1] - lo, 1e-9)
-    return best, (top2[:, 1] - top2[:, 0]) / span
+    idx, val = topk(scores, 2)
+    if val.shape[1] < 2:
+        val = np.concatenate([val, val], axis=1)
+    span = np.maximum(val[:, 0] - scores.min(axis=1), 1e-9)
+    return idx[:, 0], (val[:, 0] - val[:, 1]) / span
 
 
 def metrics(scores: np.ndarray, truth: np.ndarray, tolerance: int = 0) -> dict:
@@ -157,13 +328,18 @@ def metrics(scores: np.ndarray, truth: np.ndarray, tolerance: int = 0) -> dict:
     rank = np.argsort(-scores, axis=1, kind="stable")
     hit = np.abs(rank - truth[:, None]) <= tolerance
     best, conf = confidence(scores)
-    correct = np.abs(best - truth) <= tolerance
+    pr = precision_recall(np.abs(best - truth) <= tolerance, conf)
+    return {**pr, "recall@1": float(hit[:, :1].any(1).mean()), "recall@5": float(hit[:, :5].any(1).mean())}
+
+
+def precision_recall(correct: np.ndarray, conf: np.ndarray) -> dict:
+    """Precision-recall of best matches accepted in order of confidence: AUC, recall at 100% precision."""
     order = np.argsort(-conf, kind="stable")
     tp = np.cumsum(correct[order])
     precision = tp / np.arange(1, len(order) + 1)
-    recall = tp / max(len(truth), 1)
+    recall = tp / max(len(correct), 1)
     full = np.flatnonzero(precision >= 1.0 - 1e-12)
     auc = float(np.trapezoid(precision, recall)) if len(recall) > 1 else float(precision.mean())
-    return {"recall@1": float(hit[:, :1].any(1).mean()), "recall@5": float(hit[:, :5].any(1).mean()),
-            "pr_auc": auc, "recall@100%precision": float(recall[full[-1]]) if len(full) else 0.0,
+    return {"recall@1": float(np.mean(correct)) if len(correct) else 0.0, "pr_auc": auc,
+            "recall@100%precision": float(recall[full[-1]]) if len(full) else 0.0,
             "precision": precision, "recall": recall}

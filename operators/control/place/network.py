@@ -9,6 +9,12 @@ each spike so that every neuron gets a share of the places. Neurons are labelled
 reference place they respond to most; "hyperactive" neurons, which fire for more than a
 calibrated number of reference places, are removed before deployment.
 
+Queries are rate coded by default: a neuron's response is its expected steady-state membrane
+drive under the Poisson input, `drive_mv * (image . w)`, which is deterministic and, stacked
+over every module, one matrix product per query batch (see `ensemble.Stacked`). The spiking
+run (`query="spiking"`) remains for fidelity checks. Training also shows each reference
+shifted by `jitter_px` pixels, so that weights tolerate small viewpoint changes.
+
 The kernels are Numba functions over NumPy arrays; `run_naive` is their slow plain-Python twin.
 """
 
@@ -24,7 +30,7 @@ from numba import njit
 class ModuleParams:
     """Network and learning constants (times in ms; potentials in mV above rest)."""
 
-    n_neurons: int = 200
+    n_neurons: int = 80
     steps: int = 100            # presentation length, 1 ms steps
     max_rate_hz: float = 80.0   # input rate for a white pixel
     gain: float = 0.1           # input weight scale (mV per unit weight per spike)
@@ -38,10 +44,17 @@ class ModuleParams:
     nu_post: float = 0.02
     x_target: float = 0.2
     weight_sum: float = 78.0    # per neuron, as in Diehl & Cook
-    epochs: int = 12
-    readout: str = "mean"       # "mean" of a place's neurons (Diehl & Cook) or its best neuron ("max")
-    query_steps: int = 700      # longer, less inhibited presentations give graded query responses
+    epochs: int = 8
+    jitter_px: int = 1          # also train on the references shifted by this many pixels (4 copies; 0 = off)
+    query: str = "rate"         # "rate": expected membrane drive (one matrix product); "spiking": Poisson run
+    readout: str = "max"        # a place's best neuron (Hussaini et al.) or the "mean" of its neurons
+    query_steps: int = 700      # spiking queries: longer, less inhibited presentations give graded responses
     query_inhibition_mv: float = 3.0
+
+    @property
+    def drive_mv(self) -> float:
+        """Steady-state free membrane potential (mV) per unit of w . image: rate x gain x tau."""
+        return self.gain * self.max_rate_hz * 1e-3 / (1.0 - np.exp(-1.0 / self.tau_v_ms))
 
     def vector(self, query: bool = False) -> np.ndarray:
         v = self._vector()
@@ -161,6 +174,16 @@ def train(imgs, w, theta, p, epochs, seed):
             np.random.seed(seed + 104729 * (e + 1) + k)
 
 
+def jitter(imgs: np.ndarray, px: int) -> np.ndarray:
+    """The images and their copies shifted by `px` up, down, left and right (edges replicated)."""
+    if px <= 0:
+        return imgs
+    pad = np.pad(imgs, ((0, 0), (px, px), (px, px)), mode="edge")
+    h, w = imgs.shape[1:]
+    views = [(px, px), (0, px), (2 * px, px), (px, 0), (px, 2 * px)]
+    return np.concatenate([pad[:, r:r + h, c:c + w] for r, c in views])
+
+
 def run_naive(img, w, theta, p: ModuleParams, rng_uniform: np.ndarray) -> np.ndarray:
     """Slow twin of `present` without learning, for tests: uniforms (steps, n_in) given."""
     n_in, n = w.shape
@@ -204,14 +227,16 @@ class Module:
 
     @classmethod
     def fit(cls, places, ref_imgs, params: ModuleParams | None = None, seed: int = 0) -> Module:
+        """STDP on the region's references (and their jittered copies); labels from a spiking run."""
         p = params or ModuleParams()
         rng = np.random.default_rng(seed)
         flat = np.ascontiguousarray(ref_imgs.reshape(len(ref_imgs), -1), dtype=np.float64)
+        shown = jitter(ref_imgs.reshape(len(ref_imgs), *_side(flat.shape[1])), p.jitter_px)
         w = rng.uniform(0.0, 0.3, (flat.shape[1], p.n_neurons))
         w *= p.weight_sum / w.sum(axis=0)
         theta = np.zeros(p.n_neurons)
-        pv = p.vector()
-        train(flat, w, theta, pv, p.epochs, seed)
+        train(np.ascontiguousarray(shown.reshape(len(shown), -1), dtype=np.float64), w, theta, p.vector(),
+              p.epochs, seed)
         counts = respond(flat, w, theta, p.vector(query=True), seed + 1_000_003)
         labels = np.where(counts.max(axis=0) > 0, counts.argmax(axis=0), -1)
         breadth = (counts > 0).sum(axis=0)
@@ -220,37 +245,69 @@ class Module:
         return m
 
     def counts(self, imgs) -> np.ndarray:
+        """Spike counts of a Poisson presentation (query_steps long) per image and neuron."""
         flat = np.ascontiguousarray(imgs.reshape(len(imgs), -1), dtype=np.float64)
         return respond(flat, self.w, self.theta, self.params.vector(query=True), self.seed + 2_000_003)
 
-    def scores(self, counts: np.ndarray, max_breadth: int | None = None, readout: str | None = None) -> np.ndarray:
+    def drive(self, imgs) -> np.ndarray:
+        """Expected steady-state membrane drive (mV) per image and neuron: the rate-coded response.
+
+        Deterministic and one matrix product; the weights of every neuron sum to `weight_sum`,
+        so drives of independently trained modules compare without rescaling.
+        """
+        return (imgs.reshape(len(imgs), -1) @ self.w) * self.params.drive_mv
+
+    def response(self, imgs) -> np.ndarray:
+        return self.drive(imgs) if self.params.query == "rate" else self.counts(imgs)
+
+    def kept(self, max_breadth: int | None = None) -> np.ndarray:
+        """Mask of labelled neurons that are not hyperactive (fire for at most max_breadth references)."""
+        mb = self.max_breadth if max_breadth is None else max_breadth
+        return (self.labels >= 0) & (self.ref_breadth <= mb)
+
+    def scores(self, resp: np.ndarray, max_breadth: int | None = None, readout: str | None = None) -> np.ndarray:
         """Per-place score (n_images, n_places) from the kept neurons labelled with each place.
 
-        Counts are taken relative to each neuron's own reference response so that the
-        scores of independently trained modules compare. `max`: the best-responding
-        neuron (Hussaini et al.); `mean`: the mean over the place's neurons (Diehl & Cook),
-        which averages out Poisson noise and measured better on the synthetic route.
+        `resp` is `response(imgs)`. Spike counts are taken relative to each neuron's own
+        reference count so that modules compare; drives need no rescaling. `max`: the
+        best-responding neuron (Hussaini et al.); `mean`: the mean over the place's neurons.
         """
-        mb = self.max_breadth if max_breadth is None else max_breadth
-        keep = (self.labels >= 0) & (self.ref_breadth <= mb)
-        rel = counts[:, keep] / self.ref_peak[keep]
+        keep = self.kept(max_breadth)
+        rel = resp[:, keep] / (self.ref_peak[keep] if self.params.query != "rate" else 1.0)
         lab = self.labels[keep]
-        out = np.zeros((len(counts), len(self.places)))
+        out = np.full((len(resp), len(self.places)), -np.inf)
         if (readout or self.params.readout) == "max":
             for k in range(len(lab)):
                 out[:, lab[k]] = np.maximum(out[:, lab[k]], rel[:, k])
-            return out
-        np.add.at(out.T, lab, rel.T)
-        return out / np.maximum(np.bincount(lab, minlength=len(self.places)), 1)
+        else:
+            n = np.bincount(lab, minlength=len(self.places))
+            out[:, n > 0] = 0.0
+            np.add.at(out.T, lab, rel.T)
+            out[:, n > 0] /= n[n > 0]
+        return fill_empty(out, np.isin(np.arange(len(self.places)), lab))
 
     def calibrate(self, cal_imgs, cal_local: np.ndarray) -> int:
         """Pick the hyperactivity cut that maximises this module's Recall@1 on calibration frames."""
-        c = self.counts(cal_imgs)
+        c = self.response(cal_imgs)
         best, best_r = -1.0, int(self.ref_breadth.max(initial=1))
         for r in range(int(self.ref_breadth.max(initial=1)), 0, -1):
+            if not self.kept(r).any():
+                break
             s = self.scores(c, r)
             acc = float(np.mean(s.argmax(axis=1) == cal_local)) if len(cal_local) else 0.0
             if acc > best:
                 best, best_r = acc, r
         self.max_breadth = best_r
         return best_r
+
+
+def fill_empty(scores: np.ndarray, has: np.ndarray) -> np.ndarray:
+    """Give places without a kept neuron (has[p] false) the row's lowest score: last, not -inf."""
+    if not has.all():
+        scores[:, ~has] = scores[:, has].min(axis=1, keepdims=True) if has.any() else 0.0
+    return scores
+
+
+def _side(n_pixels: int) -> tuple[int, int]:
+    side = int(round(np.sqrt(n_pixels)))
+    return side, n_pixels // side

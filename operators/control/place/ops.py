@@ -52,10 +52,12 @@ class EnsembleParams(Params):
     n_places: int = Field(50, ge=2, description="places of the synthetic route to learn")
     seed: int = 0
     folder: str | None = Field(None, description="user dataset root (reference/ learnt, calibration held out)")
-    places_per_module: int = Field(25, ge=2)
-    n_neurons: int = Field(200, ge=4, description="excitatory neurons per module")
-    epochs: int = Field(12, ge=1)
-    readout: Literal["mean", "max"] = Field("mean", description="place score: mean of its neurons or best neuron")
+    places_per_module: int = Field(10, ge=2)
+    n_neurons: int = Field(80, ge=4, description="excitatory neurons per module")
+    epochs: int = Field(8, ge=1)
+    jitter_px: int = Field(1, ge=0, description="also train on references shifted by this many pixels")
+    query: Literal["rate", "spiking"] = Field("rate", description="rate-coded drive (fast) or a Poisson spiking run")
+    readout: Literal["mean", "max"] = Field("max", description="place score: best neuron or mean of its neurons")
     workers: int = Field(0, ge=0, description="0 = modules in-process, N = N Ray actors")
     removal: bool = Field(True, description="remove hyperactive neurons (calibrated)")
     sequence_k: int = Field(1, ge=1, description="sequence matching over the last k frames")
@@ -84,7 +86,8 @@ class PlaceEnsemble(Operator):
     def setup(self):
         p = self.params
         d = dataset(p.n_places, p.seed, p.folder)
-        mp = ModuleParams(n_neurons=p.n_neurons, epochs=p.epochs, readout=p.readout)
+        mp = ModuleParams(n_neurons=p.n_neurons, epochs=p.epochs, jitter_px=p.jitter_px, query=p.query,
+                          readout=p.readout)
         self._ens = Ensemble.fit(d["reference"], d["calibration"], d["calibration_places"], p.places_per_module,
                                  mp, p.workers, p.seed)
 

@@ -1,5 +1,7 @@
 """Place recognition: data, module learning, ensemble (in-process and Ray), metrics, operators."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,8 @@ from operators.control.place.ensemble import sad_scores
 from operators.control.place.route import Route
 from pipeline.errors import DataError
 
-SMALL = ModuleParams(n_neurons=40, epochs=4)
+SMALL = ModuleParams(n_neurons=40, epochs=4, jitter_px=0)
+SPIKING = ModuleParams(n_neurons=40, epochs=4, jitter_px=0, query="spiking")
 
 
 def _distinct(n, seed=0):
@@ -49,15 +52,17 @@ def test_route_traversals_differ_in_appearance_but_not_place():
 def test_module_learns_distinct_places_and_removal_cut_is_calibrated():
     imgs = _distinct(8)
     m = Module.fit(np.arange(8), imgs, SMALL, seed=0)
-    assert np.mean(m.scores(m.counts(imgs)).argmax(axis=1) == np.arange(8)) >= 0.75  # mean readout
-    # the best-neuron readout is where hyperactive neurons hurt, so the calibrated cut must help
-    m = Module.fit(np.arange(8), imgs, ModuleParams(n_neurons=40, epochs=4, readout="max"), seed=0)
+    assert np.mean(m.scores(m.response(imgs)).argmax(axis=1) == np.arange(8)) >= 0.75  # rate-coded query
+    m = Module.fit(np.arange(8), imgs, replace(SPIKING, readout="mean"), seed=0)
+    assert np.mean(m.scores(m.response(imgs)).argmax(axis=1) == np.arange(8)) >= 0.75  # spiking query
+    # the spiking best-neuron readout is where hyperactive neurons hurt, so the calibrated cut must help
+    m = Module.fit(np.arange(8), imgs, SPIKING, seed=0)
     assert (m.labels >= 0).sum() >= 8
-    before = np.mean(m.scores(m.counts(imgs)).argmax(axis=1) == np.arange(8))
+    before = np.mean(m.scores(m.response(imgs)).argmax(axis=1) == np.arange(8))
     assert before > 2 / 8  # well above chance (1/8)
     cut = m.calibrate(imgs, np.arange(8))
     assert 1 <= cut < 8
-    assert np.mean(m.scores(m.counts(imgs)).argmax(axis=1) == np.arange(8)) >= max(before, 0.75)
+    assert np.mean(m.scores(m.response(imgs)).argmax(axis=1) == np.arange(8)) >= max(before, 0.75)
 
 
 def test_metrics_and_sequence_matching():
@@ -165,3 +170,73 @@ def test_ensemble_operator_sequence_state_round_trip():
     out_a, out_b = a.process("in", batches[2]), b.process("in", batches[2])
     assert out_a.to_pydict() == out_b.to_pydict()
     assert len(a.state()["history"]) == 3
+
+
+def _random_modules(n_modules, places_per_module, n_neurons, seed=0):
+    """Untrained modules with random templates: enough to check the query arithmetic."""
+    rng = np.random.default_rng(seed)
+    mods = []
+    for k in range(n_modules):
+        w = rng.uniform(0, 1, (784, n_neurons)) ** 4
+        w *= 78.0 / w.sum(axis=0)
+        labels = rng.integers(-1, places_per_module, n_neurons)
+        breadth = rng.integers(1, places_per_module + 1, n_neurons)
+        mods.append(Module(np.arange(k * places_per_module, (k + 1) * places_per_module), w, np.zeros(n_neurons),
+                           labels, breadth, ModuleParams(n_neurons=n_neurons), max_breadth=3))
+    return mods
+
+
+@pytest.mark.parametrize("readout", ["max", "mean"])
+@pytest.mark.parametrize("removal", [True, False])
+def test_stacked_query_matches_per_module_twin(readout, removal):
+    from operators.control.place.ensemble import Stacked
+
+    mods = _random_modules(5, 6, 12)
+    imgs = np.random.default_rng(1).uniform(0, 1, (7, 28, 28)).astype(np.float32)
+    slow = np.concatenate([m.scores(m.drive(imgs), None if removal else 10**9, readout) for m in mods], axis=1)
+    fast = Stacked(mods, removal, readout).scores(imgs)
+    assert fast.shape == (7, 30)
+    has = np.concatenate([np.isin(np.arange(6), m.labels[m.kept(None if removal else 10**9)]) for m in mods])
+    assert 0 < has.sum() < 30  # some places lost all their neurons: they must rank last, not break
+    assert np.allclose(fast[:, has], slow[:, has], rtol=1e-4)
+    assert np.all(fast[:, ~has] <= fast[:, has].min(axis=1, keepdims=True))
+    assert np.array_equal(fast.argmax(axis=1), slow.argmax(axis=1))
+
+
+def test_coarse_to_fine_search_finds_the_exact_best_place():
+    from operators.control.place.ensemble import Stacked
+
+    mods = _random_modules(20, 10, 16, seed=3)  # 320 neurons > 32 * 4 candidates: coarse search on
+    st = Stacked(mods, removal=False, rank=32, candidates=4)
+    assert st.basis is not None
+    # queries: noisy copies of a few neurons' templates, so each has a clear best place
+    rng = np.random.default_rng(4)
+    w = np.concatenate([m.w for m in mods], axis=1)
+    pick = rng.choice(w.shape[1], 40, replace=False)
+    imgs = (w[:, pick].T / w[:, pick].max(axis=0)[:, None] + rng.normal(0, 0.05, (40, 784))).astype(np.float32)
+    coarse, exact = st.scores(imgs), st.scores(imgs, exact=True)
+    assert np.mean(coarse.argmax(axis=1) == exact.argmax(axis=1)) >= 0.95
+    assert not np.allclose(coarse, exact)  # the coarse path was really taken
+
+
+def test_topk_matches_a_full_sort():
+    from operators.control.place.ensemble import topk
+
+    s = np.random.default_rng(0).normal(size=(6, 500))
+    idx, val = topk(s, 5)
+    assert np.array_equal(idx, np.argsort(-s, axis=1)[:, :5])
+    assert np.array_equal(val, -np.sort(-s, axis=1)[:, :5])
+    assert topk(s[:, :3], 10)[0].shape == (6, 3)
+
+
+def test_jitter_and_shift_searching_sad():
+    from operators.control.place.network import jitter
+
+    imgs = _distinct(3, seed=5)
+    j = jitter(imgs, 1)
+    assert j.shape == (15, 28, 28) and np.array_equal(j[:3], imgs)
+    assert np.array_equal(j[3][1:], imgs[0][:-1])  # shifted down by one pixel
+    query = np.roll(imgs, 1, axis=2)  # a one-pixel viewpoint change
+    plain, searched = sad_scores(imgs, query), sad_scores(imgs, query, shift_px=1)
+    assert np.all(searched >= plain)
+    assert np.all(np.diag(searched) > np.diag(plain))
