@@ -82,14 +82,17 @@ class FilterOperator(EventOperator):
     def keep(self, batch) -> np.ndarray:
         raise NotImplementedError
 
+    def kept(self, batch, t, x, y):
+        """The kept events as columns (t, x, y, p); a filter with a fused kernel overrides this."""
+        return K.compact(t, x, y, polarity(batch), self.keep(batch))
+
     def process(self, port, batch):
         self._ensure(batch)
         if batch.num_rows == 0:
             return batch
         t, x, y = txy(batch)
         self._validate(t, x, y)
-        keep = self.keep(batch)
-        cols = K.compact(t, x, y, polarity(batch), keep)
+        cols = self.kept(batch, t, x, y)
         self.passed += len(cols[0])
         self.dropped += batch.num_rows - len(cols[0])
         return events_batch(*cols, batch.schema)
@@ -109,12 +112,11 @@ class BackgroundFilter(FilterOperator):
     name = "background_filter"
     Params = BackgroundParams
 
-    def keep(self, batch):
+    def kept(self, batch, t, x, y):
         if getattr(self, "last", None) is None:
             self.last = np.full((self.height + 2, self.width + 2), K.NEVER, np.int64)  # bordered
-        t, x, y = txy(batch)
-        keep, self.last = K.background_activity(t, x, y, self.last, np.int64(self.params.time_us))
-        return keep
+        *cols, self.last = K.background_activity(t, x, y, polarity(batch), self.last, np.int64(self.params.time_us))
+        return cols
 
     def state(self):
         return {"last": getattr(self, "last", None), "passed": self.passed, "dropped": self.dropped}
