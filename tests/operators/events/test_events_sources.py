@@ -261,3 +261,44 @@ def test_config_runs_and_writes_preview(tmp_path):
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["frames"] > 20 and summary["events"] > 1000
     assert result.results["preview"]["frames"] == summary["frames"]
+
+
+def _records(t, x=None, align=False):
+    dtype = np.dtype([("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "?")], align=align)
+    rec = np.zeros(len(t), dtype)
+    rec["t"] = t
+    rec["x"] = np.arange(len(t)) % 8 if x is None else x
+    rec["y"] = 1
+    rec["on"] = np.arange(len(t)) % 2 == 1
+    return rec
+
+
+def test_batcher_coalesces_packets_and_refuses_a_bad_one_whole():
+    from operators.events.sources import _Batcher
+
+    b = _Batcher(sch.events_schema(8, 8), None, 5)
+    assert b.append(_records([1, 2, 3]))
+    assert not b.append(_records([4, 2]))  # goes backwards inside the packet
+    assert not b.append(_records([9], x=[8]))  # outside the 8x8 sensor
+    assert not b.append(_records([0]))  # before the last event taken
+    assert b.append(_records([4, 5, 6], align=True))  # an aligned layout is repacked, not misread
+    assert b.due
+    out = list(b.ready()) + list(b.flush())
+    assert [o.num_rows for o in out] == [5, 1]
+    got = cols(out)
+    np.testing.assert_array_equal(got["t"], [1, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(got["x"], [0, 1, 2, 0, 1, 2])
+    np.testing.assert_array_equal(got["p"], [False, True, False, False, True, False])
+
+
+def test_batcher_cuts_aligned_windows_across_packets():
+    from operators.events.sources import _Batcher
+
+    b = _Batcher(sch.events_schema(8, 8), 10, None)
+    out = []
+    for packet in ([1, 5], [9, 12, 25], [26, 27], [40]):
+        assert b.append(_records(packet))
+        if b.due:
+            out += list(b.ready())
+    out += list(b.flush())
+    assert [sch.column(o, "t").tolist() for o in out] == [[1, 5, 9], [12], [25, 26, 27], [40]]
