@@ -220,58 +220,60 @@ def dff_block(data, ring, pos, filled, count, f0, q, update_every, min_f0, out):
 # --- online OASIS AR(1) ----------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
-def _oasis_push(k, yk, g, smink, lag, pv, pw, pt, pl, npool, head, cap, t):
-    """One sample of trace k into its pools; returns the spike finalised at t - lag.
+@njit(cache=True)
+def _oasis_trace(y, g, smin, lag, pv, pw, pt, pl, m, h, cap, t0, s_out):
+    """Samples y (frames t0, t0 + 1, ...) of one trace into its pools; s_out[i] gets the
+    spike finalised at frame t0 + i - lag. Returns the new (pool count, head).
 
-    Trace k's pools are columns head[k] .. head[k] + npool[k] - 1 of arrays twice `cap`
-    wide: dropping the oldest pool moves the head, and the pools are moved back to
-    column 0 only when they reach the end (once per ~cap samples, not every sample).
+    The pools are columns h .. h + m - 1 of rows twice `cap` wide: dropping the oldest
+    pool moves the head, and the pools move back to column 0 only when they reach the
+    end (once per ~cap samples, not every sample). Scalars and 1-D rows keep the hot
+    loop in registers.
     """
-    m = npool[k]
-    h = head[k]
-    if m == cap:  # drop the oldest pool
-        h += 1
-        m -= 1
-    if h + m == pv.shape[1]:
-        for j in range(m):
-            pv[k, j] = pv[k, h + j]
-            pw[k, j] = pw[k, h + j]
-            pt[k, j] = pt[k, h + j]
-            pl[k, j] = pl[k, h + j]
-        h = 0
-    e = h + m
-    pv[k, e] = yk
-    pw[k, e] = 1.0
-    pt[k, e] = t
-    pl[k, e] = 1
-    m += 1
-    while m > 1:
-        i = h + m - 1
-        gl = g ** pl[k, i - 1]
-        if pv[k, i] >= gl * pv[k, i - 1] + smink:
-            break
-        # merge pool i into pool i-1 (weighted least squares of the joint pool)
-        wa = pw[k, i - 1]
-        wb = pw[k, i] * gl * gl
-        pv[k, i - 1] = (pv[k, i - 1] * wa + pv[k, i] * pw[k, i] * gl) / (wa + wb)
-        pw[k, i - 1] = wa + wb
-        pl[k, i - 1] += pl[k, i]
-        m -= 1
-    if m == 1 and pv[k, h] < 0.0:
-        pv[k, h] = 0.0
-    npool[k] = m
-    head[k] = h
-    s = 0.0
-    target = t - lag
-    if target >= 0:
-        for j in range(h + m - 1, h, -1):
-            if pt[k, j] == target:
-                s = pv[k, j] - g ** pl[k, j - 1] * pv[k, j - 1]
+    width = pv.shape[0]
+    for i in range(y.shape[0]):
+        t = t0 + i
+        if m == cap:  # drop the oldest pool
+            h += 1
+            m -= 1
+        if h + m == width:
+            for j in range(m):
+                pv[j] = pv[h + j]
+                pw[j] = pw[h + j]
+                pt[j] = pt[h + j]
+                pl[j] = pl[h + j]
+            h = 0
+        e = h + m
+        pv[e] = y[i]
+        pw[e] = 1.0
+        pt[e] = t
+        pl[e] = 1
+        m += 1
+        while m > 1:
+            j = h + m - 1
+            gl = g ** pl[j - 1]
+            if pv[j] >= gl * pv[j - 1] + smin:
                 break
-            if pt[k, j] < target:
-                break
-    return s
+            # merge pool j into pool j-1 (weighted least squares of the joint pool)
+            wa = pw[j - 1]
+            wb = pw[j] * gl * gl
+            pv[j - 1] = (pv[j - 1] * wa + pv[j] * pw[j] * gl) / (wa + wb)
+            pw[j - 1] = wa + wb
+            pl[j - 1] += pl[j]
+            m -= 1
+        if m == 1 and pv[h] < 0.0:
+            pv[h] = 0.0
+        s = 0.0
+        target = t - lag
+        if target >= 0:
+            for j in range(h + m - 1, h, -1):
+                if pt[j] == target:
+                    s = pv[j] - g ** pl[j - 1] * pv[j - 1]
+                    break
+                if pt[j] < target:
+                    break
+        s_out[i] = s
+    return m, h
 
 
 @njit(cache=True)
@@ -282,14 +284,14 @@ def oasis_ar1_step(y, g, smin, lag, pv, pw, pt, pl, npool, head, t, s_out):
     min |c - y|^2 s.t. s_t = c_t - g c_{t-1} >= smin[k] or 0 as pools of constant
     s = 0; a new sample starts a pool that merges backwards while it would imply a
     spike below smin. State per trace k: pool values pv, weights pw, start frames pt,
-    lengths pl (each (n, 2P), see `_oasis_push`), pool count npool, first pool head;
+    lengths pl (each (n, 2P), see `_oasis_trace`), pool count npool, first pool head;
     `t` is the index of this sample. The spike at frame t - lag is written to s_out[k]
     (0 while t < lag). When P pools are held the oldest is dropped (it can no longer be
     revised).
     """
     cap = pv.shape[1] // 2
     for k in range(pv.shape[0]):
-        s_out[k] = _oasis_push(k, y[k], g, smin[k], lag, pv, pw, pt, pl, npool, head, cap, t)
+        npool[k], head[k] = _oasis_trace(y[k : k + 1], g, smin[k], lag, pv[k], pw[k], pt[k], pl[k], npool[k], head[k], cap, t, s_out[k : k + 1])
     return s_out
 
 
@@ -301,8 +303,7 @@ def oasis_ar1_block(y, g, smin, lag, pv, pw, pt, pl, npool, head, t0, s_out):
     cache for the whole block."""
     cap = pv.shape[1] // 2
     for k in range(pv.shape[0]):
-        for i in range(y.shape[0]):
-            s_out[i, k] = _oasis_push(k, y[i, k], g, smin[k], lag, pv, pw, pt, pl, npool, head, cap, t0 + i)
+        npool[k], head[k] = _oasis_trace(y[:, k], g, smin[k], lag, pv[k], pw[k], pt[k], pl[k], npool[k], head[k], cap, t0, s_out[:, k])
     return s_out
 
 
