@@ -35,6 +35,7 @@ class LayoutConfig(_Strict):
     hidden_size: int = Field(40, ge=1, le=120)
     hidden: Literal["adaptive", "plain", "recurrent"] = "adaptive"
     dt_s: float = Field(0.1, gt=0)
+    substeps: int = Field(5, ge=1, le=50, description="network steps per control step")
     seed: int = 7
 
 
@@ -61,7 +62,8 @@ class EvolveConfig(_Strict):
     readout: Literal["lstsq", "evolve"] = "lstsq"
     ridge: float = Field(1e-3, ge=0)
     tracking_weight: float = Field(0.0, ge=0, description="add this x closed-loop tracking RMSE (m) to the loss")
-    init: str | None = Field(None, description="start from this model JSON's genome (meta.genome) instead of zeros")
+    hold_weight: float = Field(0.0, ge=0, description="add this x closed-loop mean overshoot + steady-state error (m)")
+    init: str | None = Field(None, description="start from this model JSON's genome (meta.genome), not snn.initial_genome")
     workers: int = Field(2, ge=0, le=256, description="Ray actors; 0 = evaluate in this process")
     checkpoint: str | None = "runs/blimp_evolve/checkpoint.pkl"
     checkpoint_every: int = Field(5, ge=1)
@@ -109,7 +111,7 @@ class Evaluator:
     """Holds the PID traces and evaluates genomes (a Ray actor, or used in-process)."""
 
     def __init__(self, layout: dict, errors, commands, readout: str, ridge: float, closed: dict | None = None,
-                 tracking_weight: float = 0.0):
+                 tracking_weight: float = 0.0, hold_weight: float = 0.0):
         from operators.control.pid import PID
         from operators.control.snn import Layout
 
@@ -118,6 +120,7 @@ class Evaluator:
         self.readout, self.ridge = readout, ridge
         self.closed = closed
         self.tracking_weight = tracking_weight
+        self.hold_weight = hold_weight
         self.pid_gains = PID(dt=self.layout.dt_s).g
 
     def evaluate(self, genomes: list) -> list[tuple[float, list]]:
@@ -127,7 +130,7 @@ class Evaluator:
             out = []
             for g in genomes:
                 loss, w = evaluate(np.asarray(g), self.layout, self.errors, self.commands, self.readout, self.ridge,
-                                   self.closed, self.pid_gains, self.tracking_weight)
+                                   self.closed, self.pid_gains, self.tracking_weight, self.hold_weight)
                 out.append((float(loss) if np.isfinite(loss) else 1e3, np.asarray(w).tolist()))
             return out
 
@@ -136,7 +139,8 @@ class Pool:
     """Splits a population over `workers` Ray actors (or evaluates locally when 0)."""
 
     def __init__(self, cfg: EvolveConfig, errors, commands, closed=None):
-        args = (cfg.layout.model_dump(), errors, commands, cfg.readout, cfg.ridge, closed, cfg.tracking_weight)
+        args = (cfg.layout.model_dump(), errors, commands, cfg.readout, cfg.ridge, closed, cfg.tracking_weight,
+                cfg.hold_weight)
         self.workers = cfg.workers
         self.started_ray = False
         if self.workers == 0:
@@ -200,7 +204,9 @@ def evolve(cfg: EvolveConfig, resume: bool = True, progress: bool = True) -> dic
     d = cfg.data
     errors, commands = pid_traces(d.trajectories, d.duration_s, seed=d.seed, dt_s=layout.dt_s, model=d.plant)
     if state is None:
-        x0 = np.zeros(n_genes)
+        from operators.control.snn import initial_genome
+
+        x0 = np.concatenate([initial_genome(layout), np.zeros(n_genes - layout.size)])
         if cfg.init:
             from operators.control.snn import SNNModel
 

@@ -234,14 +234,17 @@ def pid_traces(
     n: int, duration_s: float, seed: int = 0, dt_s: float = 0.1, pid: PIDParams | None = None,
     randomise: bool = True, model: str = "heave",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Training data: (errors, commands) of PID flying `n` random trajectories, shape (n, T).
+    """Training data: (inputs, commands) of PID flying `n` random trajectories.
+
+    inputs (n, T, 2) are what the SNN controller sees: the error and the climb-rate error
+    (-(change of the reading) / dt, 0 on the first tick); commands (n, T) are the PID's.
 
     Plant mass, lift, drag, motor lag and sensor noise are drawn per trajectory so the
     SNN learns the PID's behaviour, not one airframe.
     """
     rng = np.random.default_rng(seed)
     T = int(round(duration_s / dt_s))
-    errors, commands = np.zeros((n, T)), np.zeros((n, T))
+    inputs, commands = np.zeros((n, T, 2)), np.zeros((n, T))
     for i in range(n):
         base = PlantParams(model=model)
         if randomise:
@@ -257,9 +260,10 @@ def pid_traces(
         dist = DisturbanceParams(gust_n=rng.uniform(0.0, 0.01))
         loop = ClosedLoop(base, alt, PID(pid, dt_s), dt_s, WatchdogParams(deadline_ms=None), dist, seed=seed * 1000 + i)
         run = loop.run(profile("random", duration_s, dt_s, seed=seed * 1000 + i))
-        errors[i] = run["setpoint"] - run["measured"]
+        inputs[i, :, 0] = run["setpoint"] - run["measured"]
+        inputs[i, 1:, 1] = -np.diff(run["measured"]) / dt_s
         commands[i] = run["u"]
-    return errors, commands
+    return inputs, commands
 
 
 __all__ = ["ClosedLoop", "DisturbanceParams", "NoControl", "WatchdogParams", "hover_command", "metrics", "motor_command", "pid_traces", "profile"]
