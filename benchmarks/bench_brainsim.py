@@ -258,7 +258,7 @@ def memory(n_neurons: int, indegree: int, duration_s: float) -> dict:
     sim = Simulation(spec).build()
     info = sim.info()
     part = sim.parts[0]
-    neuron_bytes = sum(a.nbytes for a in (part.v, part.ge, part.gi, part.refr, part.rng, part.pidx, part.buf))
+    neuron_bytes = sum(a.nbytes for a in (part.v, part.ge, part.gi, part.refr, part.rng, part.pidx, part.fired, part.buf))
     t0 = time.perf_counter()
     n_spikes = sum(len(s[0]) for s in sim.windows(duration_s))
     wall = time.perf_counter() - t0
