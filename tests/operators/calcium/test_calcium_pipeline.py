@@ -206,3 +206,20 @@ def test_traces_from_given_masks_are_mask_means_minus_neuropil(tmp_path, movie, 
     want = np.column_stack([flat[:, m.reshape(-1)].mean(1) - 0.7 * flat[:, r].mean(1) for m, r in zip(masks, rings, strict=True)])
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_wide_samples_helpers_round_trip_and_match_the_generic_builder():
+    import pyarrow as pa
+
+    from operators.calcium import samples
+
+    rng = np.random.default_rng(12)
+    data = rng.random((7, 40)).astype(np.float32)
+    t = np.arange(7) * 1000
+    schema = sch.samples_schema([f"roi{i}" for i in range(40)], 30.0)
+    b = samples.batch(t, data, schema)
+    assert b.equals(sch.samples_batch(t, data, schema)) and b.schema.equals(schema, check_metadata=True)
+    np.testing.assert_array_equal(samples.matrix(b), data)
+    np.testing.assert_array_equal(samples.matrix(b.slice(2, 3)), data[2:5])  # offsets respected
+    mixed = pa.RecordBatch.from_arrays([pa.array(t[:2]), pa.array([1.0, 2.0]), pa.array([3, 4], pa.float32())], names=["t", "x", "y"])
+    np.testing.assert_array_equal(samples.matrix(mixed), [[1, 3], [2, 4]])
