@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -20,47 +21,65 @@ import numpy as np
 from operators.control.pid import PID
 from operators.control.plant import AltimeterParams, PlantParams
 from operators.control.sim import ClosedLoop, DisturbanceParams, WatchdogParams, profile
-from operators.control.snn import SNNController, SNNModel
+from operators.control.snn import Layout, SNNController, SNNModel
 
 
-def per_call_us(fn, n: int) -> dict:
+def interleaved_us(fns: dict, n: int) -> dict:
+    """Per-call latency of each peer, timed in alternating rounds so load drifts hit all alike."""
+    names = list(fns)
     for _ in range(min(n, 200)):  # warm up (Numba compiled on the first call)
-        fn()
-    samples = np.empty(n)
+        for k in names:
+            fns[k]()
+    samples = {k: np.empty(n) for k in names}
     for i in range(n):
-        t0 = time.perf_counter_ns()
-        fn()
-        samples[i] = time.perf_counter_ns() - t0
-    return {"p50_us": float(np.median(samples) / 1e3), "p99_us": float(np.percentile(samples, 99) / 1e3), "n": n}
+        for k in names[i % len(names):] + names[: i % len(names)]:
+            t0 = time.perf_counter_ns()
+            fns[k]()
+            samples[k][i] = time.perf_counter_ns() - t0
+    return {k: {"p50_us": float(np.median(v) / 1e3), "p99_us": float(np.percentile(v, 99) / 1e3), "n": n}
+            for k, v in samples.items()}
+
+
+def measured(fn, *args) -> dict:
+    """Run one section; add its CPU seconds and the load average before and after."""
+    load0, cpu0 = os.getloadavg(), time.process_time()
+    out = fn(*args)
+    out["cpu_s"] = round(time.process_time() - cpu0, 3)
+    out["loadavg_1m_before_after"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
+    return out
 
 
 def torch_step_fn(model: SNNModel):
     """The same network stepped with torch CPU tensors (the peer a PyTorch SNN would be)."""
     import torch
 
+    from operators.control.snn import ARRAYS
+
     torch.set_num_threads(1)
-    f = {k: torch.tensor(v) for k, v in zip(("in_scale", "enc_w", "enc_b", "w_hid", "w_rec", "hid_b", "hid_c", "w_out", "decay"), model.arrays())}
+    f = {k: torch.tensor(v) for k, v in zip(ARRAYS, model.arrays())}
     N, P, H = model.nets, model.pairs, model.hidden_size
     sign = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(P)
     st = {k: torch.zeros(N, s, dtype=torch.float64) for k, s in (("ie", 2 * P), ("ve", 2 * P), ("ih", H), ("vh", H), ("bh", H), ("sh", H))}
     st["y"] = torch.zeros(N, dtype=torch.float64)
 
     @torch.no_grad()
-    def step(x=0.3):
+    def step(x=0.3, xd=-0.1):
         d = f["decay"]
-        enc_in = f["enc_w"].repeat_interleave(2, 1) * sign * (x * f["in_scale"])[:, None] + f["enc_b"].repeat_interleave(2, 1)
-        st["ie"] = d[:, 0:1] * st["ie"] + enc_in
-        v = d[:, 1:2] * st["ve"] + st["ie"]
-        se = (v >= 1.0).double()
-        st["ve"] = v - se
-        cur = f["hid_b"] + torch.einsum("nj,njh->nh", se, f["w_hid"]) + torch.einsum("nk,nkh->nh", st["sh"], f["w_rec"])
-        st["ih"] = d[:, 2:3] * st["ih"] + cur
-        st["bh"] = d[:, 4:5] * st["bh"] + f["hid_c"] * st["ih"]
-        thr = torch.clamp(1.0 + st["bh"], min=0.1)
-        v = d[:, 3:4] * st["vh"] + st["ih"]
-        sh = (v >= thr).double()
-        st["vh"], st["sh"] = v - sh * thr, sh
-        st["y"] = d[:, 5] * st["y"] + (f["w_out"] * sh).sum(1)
+        pair = (f["enc_w"] * x + f["enc_wd"] * xd) * f["in_scale"][:, None]
+        enc_in = pair.repeat_interleave(2, 1) * sign + f["enc_b"].repeat_interleave(2, 1)
+        for _ in range(model.substeps):
+            st["ie"] = d[:, 0:1] * st["ie"] + enc_in
+            v = d[:, 1:2] * st["ve"] + st["ie"]
+            se = (v >= 1.0).double()
+            st["ve"] = v - se
+            cur = f["hid_b"] + torch.einsum("nj,njh->nh", se, f["w_hid"]) + torch.einsum("nk,nkh->nh", st["sh"], f["w_rec"])
+            st["ih"] = d[:, 2:3] * st["ih"] + cur
+            st["bh"] = d[:, 4:5] * st["bh"] + f["hid_c"] * st["ih"]
+            thr = torch.clamp(1.0 + st["bh"], min=0.1)
+            v = d[:, 3:4] * st["vh"] + st["ih"]
+            sh = (v >= thr).double()
+            st["vh"], st["sh"] = v - sh * thr, sh
+            st["y"] = d[:, 5] * st["y"] + (f["w_out"] * sh).sum(1)
         return float(st["y"].sum())
 
     return step
@@ -69,11 +88,13 @@ def torch_step_fn(model: SNNModel):
 def bench_latency(n: int) -> dict:
     model = SNNModel.load()
     pid, snn = PID(), SNNController(model)
-    out = {"pid": per_call_us(lambda: pid.step(1.0, 0.9), n), "snn_numba": per_call_us(lambda: snn.step(1.0, 0.9), n)}
+    fns = {"pid": lambda: pid.step(1.0, 0.9), "snn_numba": lambda: snn.step(1.0, 0.9)}
     try:
-        out["snn_torch_cpu"] = per_call_us(torch_step_fn(model), max(n // 4, 100))
+        fns["snn_torch_cpu"] = torch_step_fn(model)
     except ImportError:  # pragma: no cover
-        out["snn_torch_cpu"] = None
+        pass
+    out = {"snn_torch_cpu": None} | interleaved_us(fns, n)
+    out["substeps"] = model.substeps
     try:
         import edge.devices  # noqa: F401  (the emulator backend, if another package ships it)
 
@@ -120,7 +141,7 @@ def bench_evolution(generations: int, popsize: int) -> dict:
     errors, commands = pid_traces(d.trajectories, d.duration_s, seed=d.seed)
     closed = scenarios(d.closed_loop, d.duration_s, d.seed + 5000)
     rng = np.random.default_rng(0)
-    genomes = [rng.standard_normal(2 * (1 + 2 * 10 + 1 + 2 * 40 + 6)) * 0.5 for _ in range(popsize)]
+    genomes = [rng.standard_normal(Layout().size) * 0.5 for _ in range(popsize)]
     out = {}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -147,9 +168,9 @@ def main() -> None:
     result = {
         "machine": {"python": platform.python_version(), "cpus_note": "shared 2-core dev box unless stated"},
         "quick": q,
-        "latency": bench_latency(2000 if q else 20000),
-        "loop": bench_loop(60.0 if q else 300.0),
-        "evolution": bench_evolution(2 if q else 5, 16),
+        "latency": measured(bench_latency, 2000 if q else 20000),
+        "loop": measured(bench_loop, 60.0 if q else 300.0),
+        "evolution": measured(bench_evolution, 2 if q else 5, 16),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
