@@ -22,8 +22,9 @@ import time
 import uuid
 from collections import deque
 
+import pyarrow as pa
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline.errors import ConfigError, OperatorError, ReflexarcError
 from pipeline.feed import Feed
@@ -31,6 +32,18 @@ from pipeline.graph import Graph, Node
 from pipeline.stage import Stage
 
 _EMPTY: list = []
+
+
+def _owned(batch):
+    """A copy of `batch` in memory of its own (one memcpy of its buffers)."""
+    if not isinstance(batch, pa.RecordBatch):
+        return batch
+    if any(pa.types.is_dictionary(f.type) for f in batch.schema):  # dictionaries travel in the stream
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        return pa.ipc.open_stream(sink.getvalue()).read_next_batch()
+    return pa.ipc.read_record_batch(batch.serialize(), batch.schema)
 
 
 @ray.remote(concurrency_groups={"report": 1})
@@ -58,9 +71,14 @@ class StageActor:
         return out, wave
 
     def cstep(self, *inputs):
-        """Compiled-graph entry: inputs are (finish, items) pairs from upstream."""
+        """Compiled-graph entry: inputs are (finish, items) pairs from upstream; None warms up."""
+        if inputs[0] is None:
+            return None
         finish = inputs[0][0]
-        items = [item for _, chunk in inputs for item in chunk]
+        # a batch read from a compiled-graph channel is a zero-copy view of its buffer, and
+        # the upstream writer blocks until every such view is gone: operators that keep a
+        # batch (sinks, windows) would deadlock the chain, so each batch is copied out once
+        items = [(n, p, _owned(b), s, t) for _, chunk in inputs for (n, p, b, s, t) in chunk]
         return finish, (self.stage.finish(items) if finish else self.stage.step(items))
 
     def checkpoint(self):
@@ -345,6 +363,19 @@ class _Driver:
                 del self.waves[w]
 
     # -- crash recovery ------------------------------------------------------------
+    def _incarnation(self, gi: int, actor, patience_s: float = 120.0) -> str:
+        """The actor's token, waiting out a restart that is still in progress."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return ray.get(actor.incarnation.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            except ActorUnavailableError as exc:  # restarting: ask again shortly
+                if time.monotonic() >= deadline:
+                    raise OperatorError(",".join(self.groups[gi]), f"actor could not be restarted: {exc}") from None
+                time.sleep(0.2)
+            except (RayActorError, GetTimeoutError) as exc:
+                raise OperatorError(",".join(self.groups[gi]), f"actor could not be restarted: {exc}") from None
+
     def recover(self) -> None:
         """Restart dead actors from their checkpoints and re-send what they lost."""
         everything = [s for q in self.inflight.values() for _, s in q]
@@ -359,10 +390,7 @@ class _Driver:
             q.clear()
         dead = []
         for gi, actor in enumerate(self.actors):
-            try:
-                token = ray.get(actor.incarnation.remote(), timeout=120)
-            except (RayActorError, GetTimeoutError) as exc:
-                raise OperatorError(",".join(self.groups[gi]), f"actor could not be restarted: {exc}") from None
+            token = self._incarnation(gi, actor)
             if token != self.tokens[gi]:
                 dead.append(gi)
                 self.tokens[gi] = token
@@ -507,9 +535,6 @@ def _run_compiled(driver: _Driver, feed: Feed, stop):
         leaves = [nodes[gi] for gi in driver.order if gi not in downstream]
         out = leaves[0] if len(leaves) == 1 else MultiOutputNode(leaves)
     cap = max(1, min(driver.capacity.values()) if driver.capacity else 8)
-    compiling = time.perf_counter()
-    dag = out.experimental_compile(_submit_timeout=300, _max_inflight_executions=cap, _buffer_size_bytes=8 << 20)
-    driver.compile_s = time.perf_counter() - compiling
     pending: deque = deque()
 
     def drain_one():
@@ -522,6 +547,12 @@ def _run_compiled(driver: _Driver, feed: Feed, stop):
             raise OperatorError("compiled graph", str(cause)) from None
         except RayActorError as exc:
             raise OperatorError("compiled graph", f"an actor died; the compiled mode does not recover: {exc}") from None
+
+    compiling = time.perf_counter()
+    dag = out.experimental_compile(_submit_timeout=300, _max_inflight_executions=cap, _buffer_size_bytes=8 << 20)
+    pending.append(dag.execute(None))
+    drain_one()  # the first execution sets up every actor's channels: seconds, not stream time
+    driver.compile_s = time.perf_counter() - compiling
 
     for _, items in feed:
         pending.append(dag.execute((False, items)))
