@@ -3,7 +3,9 @@
 Run: .venv/bin/python benchmarks/bench_runtime.py [--quick]   -> benchmarks/results/runtime.json
 
 Peers measured in the same run on the same payloads (1 k and 64 k events per batch):
-plain Ray actor calls (ray.get per hop) and Ray Compiled Graphs. Per-hop latency of our
+plain Ray actor calls (ray.get per hop), Ray Compiled Graphs, and dora-rs (bench_dora.py,
+run from here in its own processes after Ray has shut down). Ratios are in each payload's
+`ratios`. Per-hop latency of our
 executors is the slope of sink latency over chain length (1 hop vs 4 hops), so the
 source's own cost cancels out.
 """
@@ -12,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,11 +54,13 @@ def chain(batches, hops: int, gap_ms: float | None = None) -> Graph:
     return g
 
 
+GAP_S = 0.020  # latency runs, ours and the peers': batches 20 ms apart, so no queueing
+
+
 def ours_latency(executor: str, batches, **opts) -> dict:
     lat = {}
     for hops in (1, 4):
-        # batches paced 20 ms apart, so latency is the path itself and not queueing
-        res = run(chain(batches[:40], hops, gap_ms=20.0), executor, **opts)
+        res = run(chain(batches[:40], hops, gap_ms=GAP_S * 1e3), executor, **opts)
         lat[hops] = res.node("sink")["e2e_latency"]
     per_hop = {k: max(0.0, (lat[4][k] - lat[1][k]) / 3) for k in ("p50_ms", "p99_ms")}
     return {"per_hop_p50_ms": per_hop["p50_ms"], "per_hop_p99_ms": per_hop["p99_ms"], "sink_1hop": lat[1], "sink_4hop": lat[4]}
@@ -78,6 +85,7 @@ def plain_ray(batches) -> dict:
     ray.get([a.f.remote(1) for a in actors])
     times = []
     for b in batches:
+        time.sleep(GAP_S)
         t0 = time.perf_counter()
         ray.get(actors[0].f.remote(b))
         times.append(time.perf_counter() - t0)
@@ -120,6 +128,7 @@ def compiled_ray(batches) -> dict:
                 ray.get(dag.execute(b), timeout=120)  # warm the channels
             times = []
             for b in batches:
+                time.sleep(GAP_S)  # paced like our executors' latency runs: idle actors wake per batch
                 t0 = time.perf_counter()
                 ray.get(dag.execute(b), timeout=120)
                 times.append(time.perf_counter() - t0)
@@ -139,13 +148,54 @@ def compiled_ray(batches) -> dict:
             "chain4_events_per_s": sum(b.num_rows for b in batches) / wall}
 
 
+def run_dora(quick: bool) -> dict:
+    """dora-rs, the robotics dataflow peer, through bench_dora.py in its own processes."""
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_dora.py"))] + (["--quick"] if quick else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    out = Path(__file__).parent / "results" / "runtime_dora.json"
+    if done.returncode != 0 or not out.exists():
+        return {"error": (done.stderr or done.stdout)[-1000:]}
+    d = json.loads(out.read_text())
+    if "error" in d:
+        return {"error": d["error"]}
+    return {
+        str(n): {
+            "per_hop_p50_ms": d["latency"][str(n)]["per_hop"]["p50_us"] / 1e3,
+            "per_hop_p99_ms": d["latency"][str(n)]["per_hop"]["p99_us"] / 1e3,
+            "chain4_events_per_s": d["throughput_4stage"][str(n)]["events_per_s"],
+        }
+        for n in (1024, 65536)
+    } | {"version": d.get("dora_version"), "detail": "benchmarks/results/runtime_dora.json"}
+
+
+def ratios(row: dict, dora: dict, n: int) -> dict:
+    """Ours over each peer (per hop: lower is better; throughput: higher is better)."""
+
+    def get(d, key):
+        return d.get(key) if isinstance(d, dict) else None
+
+    def div(a, b):
+        return a / b if a is not None and b else None
+
+    comp, plain, cg, dr = row.get("ray_compiled", {}), row["peer_plain_ray"], row.get("peer_ray_compiled_graph", {}), dora.get(str(n), {})
+    return {
+        "ray_per_hop_vs_plain_ray": div(row["ray"]["per_hop_p50_ms"], plain["per_hop_p50_ms"]),
+        "ray_throughput_vs_plain_ray": div(row["ray"]["chain4_events_per_s"], plain["chain4_events_per_s"]),
+        "compiled_per_hop_vs_ray_compiled_graph": div(get(comp, "per_hop_p50_ms"), get(cg, "per_hop_p50_ms")),
+        "compiled_per_hop_vs_dora": div(get(comp, "per_hop_p50_ms"), get(dr, "per_hop_p50_ms")),
+        "local_per_hop_vs_dora": div(row["local"]["per_hop_p50_ms"], get(dr, "per_hop_p50_ms")),
+        "compiled_throughput_vs_ray_compiled_graph": div(get(comp, "chain4_events_per_s"), get(cg, "chain4_events_per_s")),
+        "fused_throughput_vs_dora": div(row["ray_fused"]["chain4_events_per_s"], get(dr, "chain4_events_per_s")),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "runtime.json"))
     args = ap.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    report = {"machine": "2 cores", "payloads": {}}
+    report = {"machine": f"{os.cpu_count()} cores", "load_start": os.getloadavg(), "payloads": {}}
     try:
         for n in (1024, 65536):
             count = 50 if args.quick else 200
@@ -166,16 +216,16 @@ def main() -> None:
                 row["peer_ray_compiled_graph"] = compiled_ray(batches)
             except Exception as exc:
                 row["peer_ray_compiled_graph"] = {"error": str(exc)[:300]}
-            peer = row["peer_plain_ray"]
-            row["ratios"] = {
-                "ray_per_hop_vs_plain_ray": row["ray"]["per_hop_p50_ms"] / max(peer["per_hop_p50_ms"], 1e-9),
-                "ray_throughput_vs_plain_ray": row["ray"]["chain4_events_per_s"] / peer["chain4_events_per_s"],
-            }
             report["payloads"][f"{n}_events"] = row
             print(json.dumps({n: {k: v for k, v in row.items()}}, indent=1, default=str))
     finally:
         ray.shutdown()
-    report["note"] = "dora-rs is not measured in this run (see docs/runtime.md)"
+    dora = run_dora(args.quick)
+    report["peer_dora_rs"] = dora
+    for n in (1024, 65536):
+        row = report["payloads"][f"{n}_events"]
+        row["ratios"] = ratios(row, dora, n)
+    report["load_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))
     print(f"written {args.out}")

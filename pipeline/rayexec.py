@@ -32,18 +32,14 @@ from pipeline.graph import Graph, Node
 from pipeline.stage import Stage
 
 _EMPTY: list = []
+_CPU = pa.default_cpu_memory_manager()
 
 
 def _owned(batch):
     """A copy of `batch` in memory of its own (one memcpy of its buffers)."""
     if not isinstance(batch, pa.RecordBatch):
         return batch
-    if any(pa.types.is_dictionary(f.type) for f in batch.schema):  # dictionaries travel in the stream
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        return pa.ipc.open_stream(sink.getvalue()).read_next_batch()
-    return pa.ipc.read_record_batch(batch.serialize(), batch.schema)
+    return batch.copy_to(_CPU)
 
 
 @ray.remote(concurrency_groups={"report": 1})
