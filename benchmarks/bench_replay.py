@@ -5,21 +5,31 @@
    same IPC files with pyarrow alone and the same events from AEDAT4 (written by faery,
    read by `aedat`). Every reader does the same work per batch as `count_sink`: count rows
    and sum `t`. The page cache is warmed first, so this compares software, not disks.
-2. Recorder tap overhead: a live pipeline (synthetic -> identity -> count_sink) with and
-   without a `record` tap on the camera stream.
+   The replay source alone (its batches without the executor) is timed too, so the
+   executor's per-batch cost can be told apart from the cost of reading.
+2. Recorder tap overhead: a live pipeline (synthetic -> identity | background_filter ->
+   count_sink) without a tap, with a `record` tap (writer thread) and with a synchronous
+   tap (`background: false`), interleaved.
+
+Every figure is a median over interleaved repeats, in wall time, CPU time of the process
+(all threads) and CPU time of the pipeline's own thread, with the load average beside it:
+on a shared machine wall time measures the neighbours as much as the code. The tap's
+writer thread only shortens wall time where a core is free for it; its CPU cost is the
+copy of the bytes into the page cache, which no recorder avoids.
 
 Targets (issue 5): replay within 1.2x of raw pyarrow; a tap costs <= 5%.
 
     .venv/bin/python benchmarks/bench_replay.py --quick     # ~1 min
     .venv/bin/python benchmarks/bench_replay.py             # >= 2 GB, a few minutes
 
-Writes benchmarks/results/replay.json.
+Writes benchmarks/results/replay.json (replay_quick.json with --quick).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -31,6 +41,7 @@ import pyarrow as pa
 
 from pipeline import Graph, run
 from pipeline.recording import Recording, export_aedat4
+from pipeline.replay import Replay
 
 RESULTS = Path(__file__).parent / "results" / "replay.json"
 RATE_HZ = 50e6  # sensor time is irrelevant at pacing max; this only sets timestamps
@@ -56,10 +67,18 @@ def _warm(files) -> None:
 
 
 def _timed(fn):
-    """(wall s, CPU s of this process, fn's result): CPU time stays honest on a loaded machine."""
-    c0, t0 = time.process_time(), time.perf_counter()
+    """(wall s, CPU s of the process, CPU s of this thread, fn's result).
+
+    CPU time stays honest on a loaded machine; the thread's CPU time is what the pipeline's
+    own loop spent (the local executor runs it on the calling thread).
+    """
+    c0, m0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
     out = fn()
-    return time.perf_counter() - t0, time.process_time() - c0, out
+    return time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - m0, out
+
+
+def _median(xs) -> float:
+    return float(np.median(np.asarray(xs, dtype=float)))
 
 
 def _replay(folder: Path) -> int:
@@ -67,6 +86,16 @@ def _replay(folder: Path) -> int:
     g.add("rep", "replay", dir=str(folder), streams={"out": "cam.out"})
     g.add("n", "count_sink", inputs={"in": "rep.out"})
     return run(g).results["n"]["t_sum"]
+
+
+def _replay_source(folder: Path) -> int:
+    """The replay source's batches without the executor: what reading costs on its own."""
+    op = Replay(Replay.Params(dir=str(folder), streams={"out": "cam.out"}))
+    op.setup()
+    t_sum = 0
+    for _, batch in op.generate():
+        t_sum += int(batch.column(0).to_numpy().sum())
+    return t_sum
 
 
 def _raw_ipc(files) -> int:
@@ -90,74 +119,94 @@ def _aedat(path: Path) -> int:
     return t_sum
 
 
-def _live(tap_dir: Path | None, events: int, batch_items: int, work_op: str) -> tuple[float, float]:
+def _live(tap: str, tap_dir: Path, events: int, batch_items: int, work_op: str):
     g = Graph("bench_live")
     g.add("cam", "synthetic", rate_hz=RATE_HZ, duration_s=events / RATE_HZ, batch_items=batch_items)
     g.add("mid", work_op, inputs={"in": "cam.out"})
     g.add("n", "count_sink", inputs={"in": "mid.out"})
-    if tap_dir is not None:
+    if tap != "none":
         shutil.rmtree(tap_dir, ignore_errors=True)
-        g.tap(["cam.out"], tap_dir)
-    wall, cpu, _ = _timed(lambda: run(g))
-    return wall, cpu
+        g.tap(["cam.out"], tap_dir, background=tap == "thread")
+    return _timed(lambda: run(g))[:3]
 
 
-def bench_replay(work: Path, events: int, batch_items: int, repeats: int, with_aedat: bool) -> dict:
+def bench_replay(work: Path, events: int, batch_items: int, repeats: int, aedat_repeats: int) -> dict:
     folder = work / f"rec_{batch_items}"
     rec = _record(folder, events, batch_items)
     _warm(rec["files"])
-    out = {"events": events, "batch_items": batch_items, "recording_bytes": rec["bytes"],
-           "recording_MB": round(rec["bytes"] / 1e6, 1)}
-    times = {"replay": [], "raw_pyarrow_ipc": []}
-    cpus = {"replay": [], "raw_pyarrow_ipc": []}
-    sums = set()
-    aedat_path = None
-    if with_aedat:
+    out = {"events": events, "batch_items": batch_items, "batches": -(-events // batch_items),
+           "recording_bytes": rec["bytes"], "recording_MB": round(rec["bytes"] / 1e6, 1), "repeats": repeats}
+    readers = {"replay": lambda: _replay(folder), "raw_pyarrow_ipc": lambda: _raw_ipc(rec["files"]),
+               "replay_source_only": lambda: _replay_source(folder)}
+    if aedat_repeats:
         aedat_path = work / f"events_{batch_items}.aedat4"
         t0 = time.perf_counter()
         export_aedat4(folder, aedat_path)
         out["aedat4_write_s"] = round(time.perf_counter() - t0, 2)
         out["aedat4_bytes"] = aedat_path.stat().st_size
-        times["aedat"], cpus["aedat"] = [], []
         _warm([aedat_path])
-    readers = {"replay": lambda: _replay(folder), "raw_pyarrow_ipc": lambda: _raw_ipc(rec["files"]),
-               "aedat": lambda: _aedat(aedat_path)}
-    for _ in range(repeats):  # interleaved, best of `repeats`
-        for name in times:
-            wall, cpu, t_sum = _timed(readers[name])
-            times[name].append(wall)
-            cpus[name].append(cpu)
+        readers["aedat"] = lambda: _aedat(aedat_path)
+    runs: dict[str, list] = {name: [] for name in readers}
+    loads, sums = [], set()
+    for k in range(repeats):  # interleaved rounds: every reader sees the same neighbours
+        for name, fn in readers.items():
+            if name == "aedat" and k >= aedat_repeats:
+                continue
+            wall, cpu, _, t_sum = _timed(fn)
+            runs[name].append((wall, cpu))
             sums.add(t_sum)
+        loads.append(os.getloadavg()[0])
     assert len(sums) == 1, "readers disagree on the events they read"
-    for name, walls in times.items():
-        best = min(walls)
-        out[name] = {"best_s": round(best, 4), "all_s": [round(w, 4) for w in walls],
-                     "best_cpu_s": round(min(cpus[name]), 4),
-                     "MB_per_s": round(rec["bytes"] / best / 1e6, 1), "Mev_per_s": round(events / best / 1e6, 2)}
-    out["replay_vs_raw_pyarrow_cpu"] = round(out["replay"]["best_cpu_s"] / out["raw_pyarrow_ipc"]["best_cpu_s"], 3)
-    out["replay_vs_raw_pyarrow"] = round(out["replay"]["best_s"] / out["raw_pyarrow_ipc"]["best_s"], 3)
+    for name, rs in runs.items():
+        wall, cpu = _median([w for w, _ in rs]), _median([c for _, c in rs])
+        out[name] = {"median_s": round(wall, 4), "min_s": round(min(w for w, _ in rs), 4),
+                     "median_cpu_s": round(cpu, 4), "all_s": [round(w, 4) for w, _ in rs],
+                     "all_cpu_s": [round(c, 4) for _, c in rs],
+                     "MB_per_s": round(rec["bytes"] / wall / 1e6, 1), "Mev_per_s": round(events / wall / 1e6, 2),
+                     "MB_per_cpu_s": round(rec["bytes"] / cpu / 1e6, 1)}
+    raw = out["raw_pyarrow_ipc"]
+    out["replay_vs_raw_pyarrow_cpu"] = round(out["replay"]["median_cpu_s"] / raw["median_cpu_s"], 3)
+    out["replay_vs_raw_pyarrow"] = round(out["replay"]["median_s"] / raw["median_s"], 3)
+    out["source_only_vs_raw_pyarrow_cpu"] = round(out["replay_source_only"]["median_cpu_s"] / raw["median_cpu_s"], 3)
+    # what the executor adds per batch (feed, stage, count_sink), in CPU microseconds
+    out["executor_us_per_batch"] = round(
+        1e6 * (out["replay"]["median_cpu_s"] - out["replay_source_only"]["median_cpu_s"]) / out["batches"], 1)
     if "aedat" in out:
-        out["replay_vs_aedat"] = round(out["replay"]["best_s"] / out["aedat"]["best_s"], 3)
+        out["replay_vs_aedat"] = round(out["replay"]["median_s"] / out["aedat"]["median_s"], 3)
+    out["loadavg_1min"] = [round(x, 1) for x in loads]
     shutil.rmtree(folder, ignore_errors=True)
-    if aedat_path is not None:
+    if aedat_repeats:
         aedat_path.unlink(missing_ok=True)
     return out
 
 
 def bench_tap(where: Path, events: int, batch_items: int, repeats: int, work_op: str) -> dict:
-    plain, tapped = [], []
-    _live(None, events // 10, batch_items, work_op)  # warm-up (Numba compiles here)
-    for _ in range(repeats):  # interleaved, best of `repeats`
-        plain.append(_live(None, events, batch_items, work_op))
-        tapped.append(_live(where / "tap", events, batch_items, work_op))
+    modes = ("none", "thread", "sync")
+    runs: dict[str, list] = {m: [] for m in modes}
+    loads = []
+    _live("none", where / "tap", events // 10, batch_items, work_op)  # warm-up (Numba compiles here)
+    for _ in range(repeats):  # interleaved rounds
+        for mode in modes:
+            runs[mode].append(_live(mode, where / "tap", events, batch_items, work_op))
+        loads.append(os.getloadavg()[0])
     shutil.rmtree(where / "tap", ignore_errors=True)
-    pw, tw = min(w for w, _ in plain), min(w for w, _ in tapped)
-    cpu_plain, cpu_tap = min(c for _, c in plain), min(c for _, c in tapped)
-    return {"events": events, "batch_items": batch_items, "tap_into": str(where), "pipeline": f"synthetic -> {work_op} -> count_sink",
-            "without_tap": {"best_s": round(pw, 4), "cpu_s": round(cpu_plain, 4), "Mev_per_s": round(events / pw / 1e6, 2)},
-            "with_tap": {"best_s": round(tw, 4), "cpu_s": round(cpu_tap, 4), "Mev_per_s": round(events / tw / 1e6, 2)},
-            "overhead_pct": round(100 * (tw / pw - 1), 2),
-            "cpu_overhead_pct": round(100 * (cpu_tap / cpu_plain - 1), 2)}
+    med = {m: [_median([r[i] for r in rs]) for i in range(3)] for m, rs in runs.items()}
+
+    def figures(m):
+        wall, cpu, thread = med[m]
+        return {"median_s": round(wall, 4), "cpu_s": round(cpu, 4), "pipeline_thread_cpu_s": round(thread, 4),
+                "Mev_per_s": round(events / wall / 1e6, 2)}
+
+    def pct(m, i):
+        return round(100 * (med[m][i] / med["none"][i] - 1), 1)
+
+    return {"events": events, "batch_items": batch_items, "tap_into": str(where), "repeats": repeats,
+            "pipeline": f"synthetic -> {work_op} -> count_sink",
+            "without_tap": figures("none"), "with_tap": figures("thread"), "with_sync_tap": figures("sync"),
+            "overhead_pct": pct("thread", 0), "cpu_overhead_pct": pct("thread", 1),
+            "pipeline_thread_overhead_pct": pct("thread", 2),
+            "sync_overhead_pct": pct("sync", 0), "sync_cpu_overhead_pct": pct("sync", 1),
+            "loadavg_1min": [round(x, 1) for x in loads]}
 
 
 def _disk_speed(work: Path, mb: int = 256) -> float:
@@ -181,17 +230,18 @@ def main() -> None:
     args = ap.parse_args()
     # synthetic events take ~12.1 bytes each in IPC (int64 t, 2x uint16, bit-packed p)
     events = 16_500_000 if args.quick else 170_000_000
-    repeats = 3 if args.quick else 2
+    repeats = 9 if args.quick else 5
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_replay_"))
     work.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "replay", "quick": args.quick, "machine": platform.platform(),
-              "python": platform.python_version(), "pyarrow": pa.__version__,
+              "python": platform.python_version(), "pyarrow": pa.__version__, "cpus": os.cpu_count(),
+              "loadavg_at_start": [round(x, 1) for x in os.getloadavg()],
               "peers": ["raw pyarrow IPC stream reading (memory-mapped)", "aedat (AEDAT4 written by faery)"],
               "targets": {"replay_vs_raw_pyarrow": "<= 1.2", "tap_overhead_pct": "<= 5"}}
     try:
-        report["replay"] = [bench_replay(work, events, 65536, repeats, not args.no_aedat)]
+        report["replay"] = [bench_replay(work, events, 65536, repeats, 0 if args.no_aedat else 2)]
         if args.quick:  # small batches show the runtime's per-batch cost
-            report["replay"].append(bench_replay(work, events // 4, 4096, repeats, False))
+            report["replay"].append(bench_replay(work, events // 4, 4096, repeats, 0))
         # into RAM (tmpfs): the recorder's own cost; into the work folder: what the disk adds
         shm = Path("/dev/shm")
         targets = ([shm] if shm.is_dir() else []) + [work]
@@ -204,27 +254,31 @@ def main() -> None:
             work_ops.append("background_filter")  # a real event kernel (operators.events, Numba)
         except Exception:
             pass
-        report["tap"] = [bench_tap(where, events // (4 if args.quick else 20), items, 5, op)
+        report["tap"] = [bench_tap(where, events // (4 if args.quick else 20), items, 7, op)
                          for op in work_ops for where in targets for items in (65536, 4096)]
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
+    results = RESULTS.with_name("replay_quick.json") if args.quick else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=2))
     for r in report["replay"]:
         line = (f"replay {r['recording_MB']} MB ({r['batch_items']}-event batches): "
                 f"{r['replay']['MB_per_s']} MB/s, {r['replay']['Mev_per_s']} Mev/s; raw pyarrow "
                 f"{r['raw_pyarrow_ipc']['MB_per_s']} MB/s -> ratio {r['replay_vs_raw_pyarrow']} "
-                f"(CPU time ratio {r['replay_vs_raw_pyarrow_cpu']})")
+                f"(CPU time ratio {r['replay_vs_raw_pyarrow_cpu']}; replay source alone "
+                f"{r['source_only_vs_raw_pyarrow_cpu']}, executor {r['executor_us_per_batch']} us/batch)")
         if "aedat" in r:
             line += f"; aedat {r['aedat']['Mev_per_s']} Mev/s -> ratio {r['replay_vs_aedat']}"
         print(line)
     for t in report["tap"]:
         print(f"tap overhead, {t['pipeline']}, into {t['tap_into']} ({t['batch_items']}-event batches): "
-              f"{t['overhead_pct']}% wall, {t['cpu_overhead_pct']}% CPU "
-              f"({t['without_tap']['Mev_per_s']} -> {t['with_tap']['Mev_per_s']} Mev/s)")
+              f"{t['overhead_pct']}% wall, {t['cpu_overhead_pct']}% CPU, "
+              f"{t['pipeline_thread_overhead_pct']}% pipeline-thread CPU "
+              f"({t['without_tap']['Mev_per_s']} -> {t['with_tap']['Mev_per_s']} Mev/s); sync tap "
+              f"{t['sync_overhead_pct']}% wall, {t['sync_cpu_overhead_pct']}% CPU; load {t['loadavg_1min']}")
     print(f"disk write speed of the work folder: {report['disk_write_MB_per_s']} MB/s")
-    print(f"written to {RESULTS}")
+    print(f"written to {results}")
 
 
 if __name__ == "__main__":
