@@ -150,10 +150,11 @@ class Record(Operator):
         self._track_by_port: dict[str, _Track] = {}
         self._folder: Path | None = None
         self._manifest: dict = {}
+        # made in setup(), not here: an operator is pickled to reach a Ray actor, locks are not
         self._pending: deque | None = None  # batches handed to the writer thread, oldest first
         self._thread = self._error = None
-        self._room = threading.Event()  # set by the writer when it has taken batches off a full queue
-        self._kick = threading.Event()  # wakes the writer before its next `flush_ms` tick
+        self._room = None  # set by the writer when it has taken batches off a full queue
+        self._kick = None  # wakes the writer before its next `flush_ms` tick
         self._waiting = self._closing = False
 
     def schemas(self, inputs):
@@ -195,7 +196,8 @@ class Record(Operator):
         self._error = None
         if self.params.background:
             self._pending = deque()
-            self._closing = False
+            self._room, self._kick = threading.Event(), threading.Event()
+            self._closing = self._waiting = False
             self._thread = threading.Thread(target=self._drain, name=f"record:{self.params.dir}", daemon=True)
             self._thread.start()
 
