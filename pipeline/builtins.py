@@ -127,9 +127,12 @@ class CountSink(Operator):
         if self.params.delay_ms:
             time.sleep(self.params.delay_ms / 1000.0)
         self.batches += 1
-        self.items += batch.num_rows
-        if batch.num_rows and batch.schema.get_field_index("t") >= 0:
-            t = sch.column(batch, "t")
+        rows = batch.num_rows
+        self.items += rows
+        idx = batch.schema.get_field_index("t") if rows else -1
+        if idx >= 0:
+            col = batch.column(idx)
+            t = col.to_numpy(zero_copy_only=col.null_count == 0)
             self.t_sum += int(t.sum())
             self.t_last = int(t[-1])
 

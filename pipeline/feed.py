@@ -21,6 +21,10 @@ from pipeline.pacing import Pacer
 from pipeline.stage import Item
 
 
+def _untimed(batch: pa.RecordBatch) -> None:
+    return None
+
+
 def _first_t(batch: pa.RecordBatch) -> int | None:
     idx = batch.schema.get_field_index("t")
     if idx < 0 or batch.num_rows == 0:
@@ -80,18 +84,23 @@ class Feed:
         heap = []
         gens = {}
         pacers = {}
-        for rank, s in enumerate(self.sources):
+        for s in self.sources:
             gen = iter(_as_pairs(s.op, s.op.generate()))
             gens[s.id] = gen
             pacers[s.id] = Pacer(getattr(s.op.params, "pacing", "max"), getattr(s.op.params, "speed", 1.0))
-            first = self._pull(s, gen)
+        # sensor time orders several sources and paces realtime ones; a lone source at
+        # max pacing needs neither, and reading a timestamp costs more than the rest of a hop
+        timed = len(self.sources) > 1 or any(p.mode != "max" for p in pacers.values())
+        first_t = _first_t if timed else _untimed
+        for rank, s in enumerate(self.sources):
+            first = self._pull(s, gens[s.id])
             if first is not None:
-                heapq.heappush(heap, (_first_t(first[1]) or 0, rank, s, first))
+                heapq.heappush(heap, (first_t(first[1]) or 0, rank, s, first))
         while heap:
             t, rank, s, (port, batch) = heapq.heappop(heap)
             nxt = self._pull(s, gens[s.id])
             if nxt is not None:
-                heapq.heappush(heap, (_first_t(nxt[1]) or t, rank, s, nxt))
+                heapq.heappush(heap, (first_t(nxt[1]) or t, rank, s, nxt))
             pacer = pacers[s.id]
             pacer.wait(t)
             m = self.metrics[s.id]

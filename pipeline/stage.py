@@ -45,7 +45,21 @@ class Stage:
         self.routes = dict(self.routes)
         self.seq: dict[tuple[str, str], int] = defaultdict(int)
         self.headers = {n: getattr(self.ops[n], "wants_header", False) for n in self.ids}
+        self._hot = self._hot_path()
         self._setup_done: list[str] = []
+
+    def _hot_path(self) -> dict:
+        """Per node, what the per-batch path needs, looked up once (after setup: ports may change)."""
+        return {
+            n: (
+                self.ops[n],
+                self.metrics[n],
+                self.headers[n],
+                not self.ops[n].outputs or self.nodes[n].latency_budget_ms is not None,
+                self.nodes[n].latency_budget_ms,
+            )
+            for n in self.ids
+        }
 
     # -- lifecycle -----------------------------------------------------------------
     def setup(self) -> None:
@@ -57,6 +71,7 @@ class Stage:
             except Exception as exc:
                 raise OperatorError(n, f"setup failed: {type(exc).__name__}: {exc}") from exc
             self._setup_done.append(n)
+        self._hot = self._hot_path()
 
     def close(self) -> list[OperatorError]:
         """Close every operator that was set up; return (not raise) what failed."""
@@ -97,28 +112,26 @@ class Stage:
         return out
 
     def _process(self, n: str, port: str, item: Item, pending: dict, out: list) -> None:
-        op = self.ops[n]
-        m = self.metrics[n]
+        op, m, wants_header, timed_e2e, budget = self._hot[n]
         batch, seq, ingest = item[2], item[3], item[4]
         m.batches_in += 1
         m.items_in += batch.num_rows
         t0 = time.perf_counter_ns()
         try:
-            if self.headers[n]:
+            if wants_header:
                 result = op.process(port, batch, Header(f"{item[0]}.{item[1]}", seq, ingest))
             else:
                 result = op.process(port, batch)
-            pairs = emitted(op, result)
-            self._emit(n, pairs, ingest, pending, out)
+            if result is not None:
+                self._emit(n, emitted(op, result), ingest, pending, out)
         except ReflexarcError as exc:
             raise OperatorError(n, str(exc), seq) from exc
         except Exception as exc:
             raise OperatorError(n, f"{type(exc).__name__}: {exc}", seq) from exc
         m.proc.add(time.perf_counter_ns() - t0)
-        if not op.outputs or self.nodes[n].latency_budget_ms is not None:
+        if timed_e2e:
             e2e = time.time_ns() - ingest
             m.e2e.add(e2e)
-            budget = self.nodes[n].latency_budget_ms
             if budget is not None and e2e > budget * 1e6:
                 m.budget_misses += 1
                 if self.nodes[n].on_budget_miss == "safe_state":
