@@ -49,7 +49,8 @@ class Stacked:
         order = np.argsort(col, kind="stable")
         wt = np.concatenate(ws) if ws else np.zeros((0, 0))
         self.wt = np.ascontiguousarray(wt[order], dtype=np.float32)       # (n_neurons, n_pixels)
-        self.present, self.starts = np.unique(col[order], return_index=True)
+        self.col = col[order]                                              # each row's place column
+        self.present, self.starts = np.unique(self.col, return_index=True)
         self.sizes = np.diff(np.append(self.starts, len(col))).astype(np.float32)
         self.n_places = offset
         self.readout = readout or (modules[0].params.readout if modules else "max")
@@ -79,18 +80,41 @@ class Stacked:
     def scores(self, imgs, coarse: bool = False) -> np.ndarray:
         if not len(self.present):
             return np.zeros((len(imgs), self.n_places), np.float32)
-        d = self.drives(np.asarray(imgs, np.float32).reshape(len(imgs), -1), coarse)
+        d = self.drives(_flat(imgs), coarse)
+        return self._per_place(d, self.starts, self.sizes, self.present, 0, self.n_places)
+
+    def window(self, imgs, c0: int, c1: int) -> np.ndarray:
+        """(n_images, c1 - c0) exact scores of place columns c0..c1-1 only: the localised search.
+
+        Rows are sorted by place, so the window's neurons are one contiguous block of the
+        weights and its cost is the window's size, not the route's.
+        """
+        r0, r1 = np.searchsorted(self.col, [c0, c1])
+        p0, p1 = np.searchsorted(self.present, [c0, c1])
+        if r0 == r1:
+            return np.zeros((len(imgs), c1 - c0), np.float32)
+        d = _flat(imgs) @ self.wt[r0:r1].T
+        return self._per_place(d, self.starts[p0:p1] - r0, self.sizes[p0:p1], self.present[p0:p1], c0, c1)
+
+    def _per_place(self, d, starts, sizes, present, c0: int, c1: int) -> np.ndarray:
+        """Per-place best (or mean) neuron drive for columns c0..c1-1; places without neurons rank last."""
         if self.readout == "max":
-            per = np.maximum.reduceat(d, self.starts, axis=1)
+            per = np.maximum.reduceat(d, starts, axis=1)
         else:
-            per = np.add.reduceat(d, self.starts, axis=1) / self.sizes
-        if len(self.present) == self.n_places:
+            per = np.add.reduceat(d, starts, axis=1) / sizes
+        if len(present) == c1 - c0:
             return per
-        out = np.empty((len(imgs), self.n_places), np.float32)
-        out[:, self.present] = per
-        has = np.zeros(self.n_places, bool)
-        has[self.present] = True
+        out = np.empty((len(d), c1 - c0), np.float32)
+        out[:, present - c0] = per
+        has = np.zeros(c1 - c0, bool)
+        has[present - c0] = True
         return fill_empty(out, has)
+
+
+def _flat(imgs) -> np.ndarray:
+    """Query images as (n, n_pixels) float32 (a view when they already are float32)."""
+    imgs = np.asarray(imgs, np.float32)
+    return imgs.reshape(len(imgs), -1)
 
 
 class _Worker:
@@ -99,11 +123,12 @@ class _Worker:
     def __init__(self):
         self.modules: list[Module] = []
         self._stacked: dict = {}
+        self._places = None
 
     def fit(self, jobs) -> int:
         for job in jobs:
             self.modules.append(Module.fit(*job))
-        self._stacked = {}
+        self._stacked, self._places = {}, None
         return len(self.modules)
 
     def cut_tops(self, imgs, cuts) -> list[tuple]:
@@ -123,19 +148,38 @@ class _Worker:
         self._stacked = {}
         return int(max((m.ref_breadth.max(initial=0) for m in self.modules), default=0))
 
+    def _stack(self, removal: bool, readout: str | None) -> Stacked | None:
+        if not (self.modules and all(m.params.query == "rate" for m in self.modules)):
+            return None
+        key = (removal, readout)
+        if key not in self._stacked:
+            self._stacked[key] = Stacked(self.modules, removal, readout)
+        return self._stacked[key]
+
     def scores(self, imgs, removal: bool = True, readout: str | None = None, coarse: bool = False) -> np.ndarray:
-        if self.modules and all(m.params.query == "rate" for m in self.modules):
-            key = (removal, readout)
-            if key not in self._stacked:
-                self._stacked[key] = Stacked(self.modules, removal, readout)
-            return self._stacked[key].scores(imgs, coarse)
+        st = self._stack(removal, readout)
+        if st is not None:
+            return st.scores(imgs, coarse)
         out = []
         for m in self.modules:
             out.append(m.scores(m.response(imgs), None if removal else 10**9, readout))
         return np.concatenate(out, axis=1) if out else np.zeros((len(imgs), 0))
 
+    def window(self, imgs, lo: int, hi: int, removal: bool = True,
+               readout: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Global ids of this worker's places in lo..hi-1 and their scores (columns follow the ids)."""
+        places = self.places()
+        c0, c1 = (int(c) for c in np.searchsorted(places, [lo, hi]))
+        st = self._stack(removal, readout)
+        if st is not None:
+            return places[c0:c1], st.window(imgs, c0, c1)
+        return places[c0:c1], self.scores(imgs, removal, readout)[:, c0:c1]
+
     def places(self) -> np.ndarray:
-        return np.concatenate([m.places for m in self.modules]) if self.modules else np.zeros(0, int)
+        """Global place ids of this worker's columns, ascending (modules are dealt in route order)."""
+        if self._places is None:
+            self._places = np.concatenate([m.places for m in self.modules]) if self.modules else np.zeros(0, int)
+        return self._places
 
     def dump(self) -> list[Module]:
         return self.modules
@@ -151,6 +195,7 @@ class Ensemble:
         self.workers = workers
         self.remote = remote
         self._order = None
+        self._identity = False
 
     @classmethod
     def fit(cls, reference, calibration=None, calibration_places=None, places_per_module: int = 10,
@@ -223,7 +268,24 @@ class Ensemble:
             else:
                 parts = [w.places() for w in self.workers]
             self._order = np.concatenate(parts)
+            self._identity = bool(np.array_equal(self._order, np.arange(len(self._order))))
         return self._order
+
+    def window(self, imgs, lo: int, hi: int, removal: bool = True,
+               readout: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of places lo..hi-1 only (ascending ids, scores with one column per id): the localised search."""
+        imgs = np.asarray(imgs, dtype=np.float32)
+        if self.remote:
+            import ray
+
+            parts = ray.get([w.window.remote(imgs, lo, hi, removal, readout) for w in self.workers])
+        else:
+            parts = [w.window(imgs, lo, hi, removal, readout) for w in self.workers]
+        if len(parts) == 1:
+            return parts[0]
+        ids = np.concatenate([p[0] for p in parts])
+        o = np.argsort(ids, kind="stable")
+        return ids[o], np.concatenate([p[1] for p in parts], axis=1)[:, o]
 
     def scores(self, imgs, removal: bool = True, readout: str | None = None, coarse: bool = False) -> np.ndarray:
         """(n_images, n_places) scores in global place order (readout: module default, max, mean).
@@ -241,7 +303,7 @@ class Ensemble:
 
     def _ordered(self, s: np.ndarray) -> np.ndarray:
         order = self.places()
-        if np.array_equal(order, np.arange(len(order))):
+        if self._identity:
             return s
         out = np.empty_like(s)
         out[:, order] = s

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
+from operators.control.place import tracking
 from operators.control.place.ensemble import Ensemble, confidence
 from operators.control.place.network import ModuleParams
 from operators.control.place.route import SIDE, load_folders, synthetic
@@ -15,7 +17,8 @@ from pipeline.errors import SchemaError
 from pipeline.operator import Operator, Params, Source, SourceParams, register
 
 FRAMES = sch.frames_schema((SIDE, SIDE), "float32")
-COMMANDS = sch.commands_schema({"place": "int32", "confidence": "float32"}, {"confidence": "margin 0..1"})
+COMMANDS = sch.commands_schema({"place": "int32", "confidence": "float32", "full_search": "int8"},
+                               {"confidence": "margin 0..1", "full_search": "1 = every place searched, 0 = window"})
 
 
 def dataset(n_places: int, seed: int, folder: str | None) -> dict:
@@ -61,6 +64,13 @@ class EnsembleParams(Params):
     workers: int = Field(0, ge=0, description="0 = modules in-process, N = N Ray actors")
     removal: bool = Field(True, description="remove hyperactive neurons (calibrated)")
     sequence_k: int = Field(1, ge=1, description="sequence matching over the last k frames")
+    search: Literal["window", "full"] = Field("window", description="window: search near the last confident place, "
+                                              "full search on low score; full: every place, every frame")
+    window_modules: int = Field(2, ge=1, description="modules searched either side of the last place's module")
+    window_keep: float = Field(0.9, gt=0, le=1, description="fraction of calibration frames the window threshold keeps")
+    sure_precision: float = Field(0.9, gt=0, le=1, description="calibration precision a full-search match needs "
+                                  "to centre the next window")
+    refresh_every: int = Field(0, ge=0, description="also a full search after this many windowed frames (0 = never)")
 
 
 @register
@@ -76,6 +86,9 @@ class PlaceEnsemble(Operator):
         super().__init__(params, node)
         self._ens = None
         self._hist: list[np.ndarray] = []
+        self._track = tracking.Track()
+        self._win = None
+        self._n = 0
 
     def schemas(self, inputs):
         shape = sch.fact(inputs["in"], "shape")
@@ -90,9 +103,29 @@ class PlaceEnsemble(Operator):
                           readout=p.readout)
         self._ens = Ensemble.fit(d["reference"], d["calibration"], d["calibration_places"], p.places_per_module,
                                  mp, p.workers, p.seed)
+        self._n = len(d["reference"])
+        if p.search == "window":
+            cal, cal_places = d["calibration"], d["calibration_places"]
+            win = tracking.Window(p.window_modules, p.places_per_module, refresh_every=p.refresh_every)
+            self._win = replace(win, threshold=tracking.calibrate(self._ens, cal, cal_places, win, self._n, p.window_keep,
+                                                                  removal=p.removal),
+                                sure=tracking.calibrate_sure(self._ens, cal, cal_places, p.sure_precision,
+                                                             removal=p.removal))
+
+    def _scores(self, frames) -> tuple[np.ndarray, np.ndarray]:
+        if self._win is None:
+            s = self._ens.scores(frames, self.params.removal)
+            return s, np.ones(len(s), np.int8)
+        rows, full = [], []
+        for img in frames:
+            row, self._track, was_full = tracking.search(self._ens, img, self._track, self._win, self._n,
+                                                         self.params.removal)
+            rows.append(row)
+            full.append(was_full)
+        return np.array(rows), np.array(full, np.int8)
 
     def process(self, port, batch):
-        s = self._ens.scores(sch.frames_view(batch), self.params.removal)
+        s, full = self._scores(sch.frames_view(batch))
         z = (s - s.mean(axis=1, keepdims=True)) / np.maximum(s.std(axis=1, keepdims=True), 1e-9)
         rows = []
         for row in z:
@@ -103,14 +136,15 @@ class PlaceEnsemble(Operator):
             rows.append(acc / len(self._hist))
         place, conf = confidence(np.array(rows))
         return sch.commands_batch(sch.column(batch, "t"), COMMANDS, place=place.astype(np.int32),
-                                  confidence=conf.astype(np.float32))
+                                  confidence=conf.astype(np.float32), full_search=full)
 
     def state(self):
-        """The sequence-matching window (the trained ensemble is rebuilt by setup from params)."""
-        return {"history": [row.tolist() for row in self._hist]}
+        """Sequence history and search track (the trained ensemble is rebuilt by setup from params)."""
+        return {"history": [row.tolist() for row in self._hist], "track": list(self._track)}
 
     def restore(self, state):
         self._hist = [np.asarray(row) for row in state["history"]]
+        self._track = tracking.Track(*state.get("track", ()))
 
     def close(self):
         if self._ens is not None:
@@ -134,6 +168,7 @@ class Localisation(Operator):
         super().__init__(params, node)
         self.places: list[int] = []
         self.confidences: list[float] = []
+        self.full_searches = 0
 
     def schemas(self, inputs):
         names = set(inputs["in"].names)
@@ -144,16 +179,19 @@ class Localisation(Operator):
     def process(self, port, batch):
         self.places.extend(sch.column(batch, "place").tolist())
         self.confidences.extend(sch.column(batch, "confidence").tolist())
+        if "full_search" in batch.schema.names:
+            self.full_searches += int(sch.column(batch, "full_search").sum())
 
     def state(self):
-        return {"places": self.places, "confidences": self.confidences}
+        return {"places": self.places, "confidences": self.confidences, "full_searches": self.full_searches}
 
     def restore(self, state):
         self.places, self.confidences = list(state["places"]), list(state["confidences"])
+        self.full_searches = int(state.get("full_searches", 0))
 
     def result(self):
         sure = [c >= self.params.threshold for c in self.confidences]
-        return {"frames": len(self.places), "not_sure": int(len(sure) - sum(sure)),
+        return {"frames": len(self.places), "not_sure": int(len(sure) - sum(sure)), "full_searches": self.full_searches,
                 "places": [p if s else None for p, s in zip(self.places, sure, strict=True)],
                 "confidences": [round(c, 4) for c in self.confidences],
                 "last": (self.places[-1] if sure[-1] else "not sure") if sure else None}

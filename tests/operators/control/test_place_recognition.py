@@ -239,3 +239,108 @@ def test_jitter_and_shift_searching_sad():
     plain, searched = sad_scores(imgs, query), sad_scores(imgs, query, shift_px=1)
     assert np.all(searched >= plain)
     assert np.all(np.diag(searched) > np.diag(plain))
+
+
+@pytest.mark.parametrize("readout", ["max", "mean"])
+def test_window_search_equals_the_full_search_restricted_to_the_window(readout):
+    from operators.control.place.ensemble import Stacked
+
+    st = Stacked(_random_modules(6, 5, 10, seed=6), removal=True, readout=readout)
+    imgs = np.random.default_rng(2).uniform(0, 1, (3, 28, 28)).astype(np.float32)
+    full = st.scores(imgs)
+    for c0, c1 in ((0, 30), (5, 20), (7, 13), (29, 30)):
+        w = st.window(imgs, c0, c1)
+        has = np.isin(np.arange(c0, c1), st.present)
+        assert w.shape == (3, c1 - c0)
+        assert np.allclose(w[:, has], full[:, c0:c1][:, has], rtol=1e-5)
+        if has.any():
+            assert np.all(w[:, ~has] <= w[:, has].min(axis=1, keepdims=True))  # empty places rank last
+
+
+def _template_route(n_modules=12, ppm=5, seed=7):
+    """An ensemble of random-template modules where every place has neurons, and noisy views of each place."""
+    rng = np.random.default_rng(seed)
+    mods = []
+    for k in range(n_modules):
+        w = rng.uniform(0, 1, (784, 2 * ppm)) ** 4
+        w *= 78.0 / w.sum(axis=0)
+        labels = np.arange(2 * ppm) % ppm
+        mods.append(Module(np.arange(k * ppm, (k + 1) * ppm), w, np.zeros(2 * ppm), labels, np.ones(2 * ppm, int),
+                           ModuleParams(n_neurons=2 * ppm)))
+    w = np.concatenate([m.w for m in mods], axis=1)
+    place_of = np.concatenate([m.places[m.labels] for m in mods])
+    proto = np.stack([w[:, place_of == p].mean(axis=1) for p in range(n_modules * ppm)])
+    proto /= proto.max(axis=1, keepdims=True)
+
+    def views(s):
+        r = np.random.default_rng(s)
+        return (proto + r.normal(0, 0.1, proto.shape)).reshape(-1, 28, 28).astype(np.float32)
+
+    return Ensemble.of(mods), views(1), views(2), ppm
+
+
+def test_windowed_search_tracks_like_the_full_search_and_falls_back_when_kidnapped():
+    from operators.control.place import tracking
+
+    ens, cal, qry, ppm = _template_route()
+    n = len(cal)
+    win = tracking.Window(modules=1, places_per_module=ppm)
+    win = replace(win, threshold=tracking.calibrate(ens, cal, np.arange(n), win, n),
+                  sure=tracking.calibrate_sure(ens, cal, np.arange(n)))
+    assert np.isfinite(win.threshold) and win.sure < 1
+    full = ens.scores(qry).argmax(axis=1)
+    assert np.mean(full == np.arange(n)) >= 0.9  # the route is easy: the full search is right
+
+    # first query: a full search; then along the route, in-window queries agree with the full search
+    track, answers, flags = tracking.Track(), [], []
+    for i in range(20):
+        row, track, was_full = tracking.search(ens, qry[i], track, win, n)
+        answers.append(int(row.argmax()))
+        flags.append(was_full)
+    assert flags[0] and sum(flags[1:]) <= 5  # the threshold keeps ~90% of tracked frames in their window
+    assert answers == full[:20].tolist()
+    assert track.queries == 20 and track.full == sum(flags)
+
+    # kidnapped: the robot is carried half a route away; its window cannot hold the place
+    far = 19 + n // 2
+    lo, hi = win.bounds(track.place, n)
+    assert not lo <= far < hi
+    before = track
+    row, track, was_full = tracking.search(ens, qry[far], track, win, n)
+    assert was_full and int(row.argmax()) == full[far] == far
+    assert track.fallbacks == before.fallbacks + 1 and track.full == before.full + 1
+    # and the next window is centred on the new place: tracking resumes without a full search
+    row, track, was_full = tracking.search(ens, qry[far + 1], track, win, n)
+    assert not was_full and int(row.argmax()) == full[far + 1]
+
+
+def test_unsure_full_search_does_not_centre_a_window():
+    from operators.control.place import tracking
+
+    ens, cal, qry, ppm = _template_route()
+    n = len(cal)
+    win = tracking.Window(modules=1, places_per_module=ppm, sure=2.0)  # no confidence reaches 2
+    track = tracking.Track()
+    for i in range(3):
+        _, track, was_full = tracking.search(ens, qry[i], track, win, n)
+        assert was_full and track.place == -1
+    assert track.full == 3 and track.fallbacks == 0
+
+
+def test_ensemble_operator_counts_full_searches_and_keeps_the_track_in_state():
+    from operators.control.place.ops import FRAMES, PlaceEnsemble
+    from pipeline import schemas as sch
+
+    params = PlaceEnsemble.Params(n_places=60, places_per_module=5, n_neurons=12, epochs=1, window_modules=1)
+    op = PlaceEnsemble(params)
+    op.setup()
+    assert op._win is not None and np.isfinite(op._win.threshold)
+    frames = _distinct(3, seed=11)
+    out = [op.process("in", sch.frames_batch([i], frames[i:i + 1], FRAMES)) for i in range(3)]
+    flags = [int(b.column("full_search")[0].as_py()) for b in out]
+    assert flags[0] == 1
+    track = op.state()["track"]
+    assert track[2] == 3 and track[3] == sum(flags)  # queries, full searches
+    other = PlaceEnsemble(params)
+    other.restore(op.state())
+    assert other._track == op._track
