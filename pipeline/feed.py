@@ -21,10 +21,6 @@ from pipeline.pacing import Pacer
 from pipeline.stage import Item
 
 
-def _untimed(batch: pa.RecordBatch) -> None:
-    return None
-
-
 def _first_t(batch: pa.RecordBatch) -> int | None:
     idx = batch.schema.get_field_index("t")
     if idx < 0 or batch.num_rows == 0:
@@ -80,6 +76,18 @@ class Feed:
         except Exception as exc:
             raise OperatorError(node.id, f"{type(exc).__name__}: {exc}") from exc
 
+    def _lone(self, s, gen) -> Iterator[tuple[str, list[Item]]]:
+        """One source at max pacing: nothing to merge or wait for."""
+        m, seqs, sid = self.metrics[s.id], self.seq, s.id
+        while (nxt := self._pull(s, gen)) is not None:
+            port, batch = nxt
+            key = (sid, port)
+            seq = seqs.get(key, 0)
+            seqs[key] = seq + 1
+            m.batches_out += 1
+            m.items_out += batch.num_rows
+            yield sid, [(sid, port, batch, seq, time.time_ns())]
+
     def __iter__(self) -> Iterator[tuple[str, list[Item]]]:
         heap = []
         gens = {}
@@ -91,16 +99,18 @@ class Feed:
         # sensor time orders several sources and paces realtime ones; a lone source at
         # max pacing needs neither, and reading a timestamp costs more than the rest of a hop
         timed = len(self.sources) > 1 or any(p.mode != "max" for p in pacers.values())
-        first_t = _first_t if timed else _untimed
+        if not timed and self.sources:
+            yield from self._lone(self.sources[0], gens[self.sources[0].id])
+            return
         for rank, s in enumerate(self.sources):
             first = self._pull(s, gens[s.id])
             if first is not None:
-                heapq.heappush(heap, (first_t(first[1]) or 0, rank, s, first))
+                heapq.heappush(heap, (_first_t(first[1]) or 0, rank, s, first))
         while heap:
             t, rank, s, (port, batch) = heapq.heappop(heap)
             nxt = self._pull(s, gens[s.id])
             if nxt is not None:
-                heapq.heappush(heap, (first_t(nxt[1]) or t, rank, s, nxt))
+                heapq.heappush(heap, (_first_t(nxt[1]) or t, rank, s, nxt))
             pacer = pacers[s.id]
             pacer.wait(t)
             m = self.metrics[s.id]
