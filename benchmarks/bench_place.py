@@ -1,14 +1,18 @@
 """Place-recognition scaling: places grow with modules (10 places each).
 
-Per size: training time on 1 and 2 Ray workers (wall, and the workers' CPU seconds);
-query latency p50/p99 and queries/s of one frame at a time, in-process (the stacked exact
-product, and the experimental coarse-to-fine search) and through 1 and 2 Ray actors; the peer
-is the SAD baseline over the same references, timed interleaved with ours in the same
-loop (a per-query ratio, so machine load hits both alike). Also the coarse search's top-1
-agreement with the exact one, and Recall@1 of both methods on a query subsample.
+Per size: training time in-process (`--train-workers 0`) or on 1 and 2 Ray workers (wall,
+and CPU seconds); query latency p50/p99, queries/s and CPU ms of one frame at a time,
+in-process, for the full exact search (the stacked product over every place) and the
+localised search (`tracking.search`: a window of 2 modules either side of the last
+confident place, full search when the window's best score is below the calibrated
+threshold), frames in route order; the peer is the SAD baseline over the same references,
+all three timed interleaved in the same loop (per-query ratios, so machine load hits all
+alike); and, apart, the latency of the windowed queries that stayed in their window. Also: the localised search's full-search and fallback rates, its top-1 agreement
+with the full search, and Recall@1 of full and windowed search over the whole query
+traversal in route order (SAD on a subsample); through Ray actors when trained there.
 
     .venv/bin/python benchmarks/bench_place.py [--quick] [--sizes 500 1000 2000 5000]
-        [--train-workers 1 2] [--out FILE]
+        [--train-workers 0 | 1 2] [--window-modules 2] [--out FILE]
     -> benchmarks/results/place.json (place_quick.json with --quick)
 
 Training uses short settings (2 epochs, no jitter) so that 5,000 places train in minutes
@@ -21,11 +25,12 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from operators.control.place import Ensemble, ModuleParams, metrics, sad_scores, synthetic
+from operators.control.place import Ensemble, ModuleParams, metrics, sad_scores, synthetic, tracking
 from operators.control.place.ensemble import topk
 
 
@@ -36,11 +41,11 @@ def _stats(wall, cpu) -> dict:
 
 
 def _interleaved(fns: dict, frames, reps) -> dict:
-    """Time each query function on the same frame in turn, rep after rep."""
+    """Time each query function on the same frame in turn, rep after rep (frames in route order)."""
     wall = {k: [] for k in fns}
     cpu = {k: [] for k in fns}
     for i in range(reps):
-        f = frames[i % len(frames)][None]
+        f = frames[i % len(frames)]
         for k, fn in fns.items():
             t, c = time.perf_counter(), time.process_time()
             fn(f)
@@ -55,7 +60,37 @@ def _interleaved(fns: dict, frames, reps) -> dict:
 
 
 def _sad_top(ref):
-    return lambda f: topk(sad_scores(ref, f), 5)
+    return lambda f: topk(sad_scores(ref, f[None]), 5)
+
+
+class _Tracker:
+    """The localised search as the bench calls it: one frame in, the track carried along."""
+
+    def __init__(self, ens, win, n):
+        self.ens, self.win, self.n = ens, win, n
+        self.track, self.best, self.full = tracking.Track(), [], []
+
+        self.wall, self.cpu = [], []
+
+    def __call__(self, f):
+        t, c = time.perf_counter(), time.process_time()
+        row, self.track, was_full = tracking.search(self.ens, f, self.track, self.win, self.n)
+        self.wall.append(time.perf_counter() - t)
+        self.cpu.append(time.process_time() - c)
+        self.best.append(int(row.argmax()))
+        self.full.append(was_full)
+        return row
+
+    def window_only(self) -> dict:
+        """Latency of the queries that stayed in their window (no full search)."""
+        keep = ~np.array(self.full, bool)
+        if not keep.any():
+            return {}
+        return {"queries": int(keep.sum()), **_stats(np.array(self.wall)[keep], np.array(self.cpu)[keep])}
+
+
+def _full_top1(ens, imgs, chunk=250) -> np.ndarray:
+    return np.concatenate([ens.scores(imgs[a:a + chunk]).argmax(axis=1) for a in range(0, len(imgs), chunk)])
 
 
 def main() -> None:
@@ -64,19 +99,24 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="*", help="place counts (default 500 1000 2000 5000; quick 50 100)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--jitter", type=int, default=0)
-    ap.add_argument("--train-workers", type=int, nargs="*", default=[1, 2], help="Ray worker counts to train with")
+    ap.add_argument("--train-workers", type=int, nargs="*", default=[1, 2],
+                    help="Ray worker counts to train with (0: in-process only, no Ray rows)")
+    ap.add_argument("--window-modules", type=int, default=2)
+    ap.add_argument("--reps", type=int, help="timed queries per size (default 400; quick 60)")
     ap.add_argument("--out", help="results file (default results/place.json, place_quick.json with --quick)")
     args = ap.parse_args()
     sizes = args.sizes or ([50, 100] if args.quick else [500, 1000, 2000, 5000])
     params = ModuleParams(epochs=args.epochs, jitter_px=args.jitter)
     ppm = 10
-    reps = 30 if args.quick else 200
+    reps = args.reps or (60 if args.quick else 400)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # one BLAS thread for ours and SAD alike; spinning threads distort a loaded machine
-    import ray
+    use_ray = any(w > 0 for w in args.train_workers)
+    if use_ray:
+        import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     Ensemble.fit(synthetic(4)["reference"], workers=0, places_per_module=4, params=params)  # Numba warm-up
     rows = []
     for n in sizes:
@@ -85,46 +125,80 @@ def main() -> None:
         row = {"places": n, "modules": -(-n // ppm), "data_s": round(time.perf_counter() - t0, 1)}
         mods = None
         for workers in args.train_workers:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             ens = Ensemble.fit(d["reference"], d["calibration"], d["calibration_places"], ppm, params, workers)
             row[f"train_s_{workers}w"] = round(time.perf_counter() - t, 2)
-            row[f"train_cpu_s_{workers}w"] = round(sum(ray.get([w.cpu_s.remote() for w in ens.workers])), 1)
             row[f"load_train_{workers}w"] = [round(x, 1) for x in os.getloadavg()]
+            if workers == 0:
+                row["train_cpu_s_0w"] = round(time.process_time() - c, 1)
+                mods = ens.modules()
+                continue
+            row[f"train_cpu_s_{workers}w"] = round(sum(ray.get([w.cpu_s.remote() for w in ens.workers])), 1)
             row[f"query_ray_{workers}w"] = _interleaved(
-                {"ours": lambda f, e=ens: e.top(f, 5), "sad": _sad_top(d["reference"])}, d["query"], reps // 4)["ours"]
+                {"ours": lambda f, e=ens: e.top(f[None], 5), "sad": _sad_top(d["reference"])},
+                d["query"], reps // 4)["ours"]
             if mods is None:
                 mods = ens.modules()
             ens.close()
         local = Ensemble.of(mods)
-        local.scores(d["query"][:2])
-        local.scores(d["query"][:2], coarse=True)  # build the stacked index outside the timing
-        q = _interleaved({"ours": lambda f, e=local: e.top(f, 5),
-                          "ours_coarse": lambda f, e=local: topk(e.scores(f, coarse=True), 5),
+        local.scores(d["query"][:2])  # build the stacked index outside the timing
+        t, c = time.perf_counter(), time.process_time()
+        win = tracking.Window(args.window_modules, ppm)
+        win = replace(win, threshold=tracking.calibrate(local, d["calibration"], d["calibration_places"], win, n),
+                      sure=tracking.calibrate_sure(local, d["calibration"], d["calibration_places"]))
+        row["window_calibration"] = {"wall_s": round(time.perf_counter() - t, 2), "cpu_s": round(time.process_time() - c, 2),
+                                     "threshold_mv": round(win.threshold, 3), "sure": round(win.sure, 4),
+                                     "window_places": min(n, (2 * args.window_modules + 1) * ppm)}
+        tracker = _Tracker(local, win, n)
+        load0 = os.getloadavg()
+        q = _interleaved({"full": lambda f, e=local: e.top(f[None], 5), "windowed": tracker,
                           "sad": _sad_top(d["reference"])}, d["query"], reps)
-        row["query_local"], row["query_local_coarse"], row["sad_query"] = q["ours"], q["ours_coarse"], q["sad"]
-        row["load_query"] = [round(x, 1) for x in os.getloadavg()]
+        row["query_full"], row["query_windowed"], row["sad_query"] = q["full"], q["windowed"], q["sad"]
+        row["load_query"] = {"before": [round(x, 1) for x in load0], "after": [round(x, 1) for x in os.getloadavg()]}
+        timed = np.arange(reps) % n
+        full_best = _full_top1(local, d["query"][timed[:n]])
+        row["query_window_only"] = tracker.window_only()
+        row["timed_windowed"] = {"queries": reps, "full_search_rate": round(float(np.mean(tracker.full)), 4),
+                                 "fallback_rate": round(tracker.track.fallbacks / reps, 4),
+                                 "top1_agreement_with_full": round(float(np.mean(
+                                     np.array(tracker.best[:len(full_best)]) == full_best)), 4)}
+        # accuracy over the whole query traversal in route order (untimed)
+        walk = _Tracker(local, win, n)
+        for f in d["query"]:
+            walk(f)
+        truth = d["query_places"]
+        full_all = _full_top1(local, d["query"])
         sub = np.linspace(0, n - 1, min(n, 200)).astype(int)
-        coarse, exact = local.scores(d["query"][sub], coarse=True), local.scores(d["query"][sub])
-        row["coarse_top1_agreement"] = round(float(np.mean(coarse.argmax(1) == exact.argmax(1))), 3)
-        truth = d["query_places"][sub]
-        row["recall@1_subsample"] = {"ours": round(metrics(exact, truth)["recall@1"], 3),
-                                     "ours_coarse": round(metrics(coarse, truth)["recall@1"], 3),
-                                     "sad": round(metrics(sad_scores(d["reference"], d["query"][sub]), truth)["recall@1"], 3)}
+        row["traversal"] = {"queries": n, "recall@1_full": round(float(np.mean(full_all == truth)), 4),
+                            "recall@1_windowed": round(float(np.mean(np.array(walk.best) == truth)), 4),
+                            "full_search_rate": round(float(np.mean(walk.full)), 4),
+                            "fallback_rate": round(walk.track.fallbacks / n, 4),
+                            "far_window_pass": round(tracking.far_pass(local, d["query"][sub], truth[sub], win, n), 4),
+                            "recall@1_sad_subsample": round(metrics(sad_scores(d["reference"], d["query"][sub]),
+                                                                    truth[sub])["recall@1"], 4),
+                            "recall@1_full_subsample": round(float(np.mean(full_all[sub] == truth[sub])), 4)}
         if "train_s_2w" in row:
             row["train_speedup_2w"] = round(row["train_s_1w"] / row["train_s_2w"], 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    ray.shutdown()
+    if use_ray:
+        ray.shutdown()
     first, last = rows[0], rows[-1]
+
+    def grow(key, stat):
+        return round(last[key][stat] / first[key][stat], 2)
+
     growth = {"places": round(last["places"] / first["places"], 2),
-              "query_p50_local": round(last["query_local"]["p50_ms"] / first["query_local"]["p50_ms"], 2),
-              "query_cpu_local": round(last["query_local"]["cpu_ms_mean"] / first["query_local"]["cpu_ms_mean"], 2),
-              "query_p50_local_coarse": round(last["query_local_coarse"]["p50_ms"] / first["query_local_coarse"]["p50_ms"], 2),
-              "sad_p50": round(last["sad_query"]["p50_ms"] / first["sad_query"]["p50_ms"], 2)}
+              "full_p50": grow("query_full", "p50_ms"), "full_cpu": grow("query_full", "cpu_ms_mean"),
+              "windowed_p50": grow("query_windowed", "p50_ms"), "windowed_cpu": grow("query_windowed", "cpu_ms_mean"),
+              "window_only_p50": grow("query_window_only", "p50_ms"),
+              "window_only_cpu": grow("query_window_only", "cpu_ms_mean"),
+              "sad_p50": grow("sad_query", "p50_ms"), "sad_cpu": grow("sad_query", "cpu_ms_mean")}
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
         "place_quick.json" if args.quick else "place.json")
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"quick": args.quick, "sizes": sizes, "places_per_module": ppm,
+    out.write_text(json.dumps({"quick": args.quick, "sizes": sizes, "places_per_module": ppm, "reps": reps,
+                               "window_modules": args.window_modules,
                                "module_params": {"n_neurons": params.n_neurons, "epochs": params.epochs,
                                                  "jitter_px": params.jitter_px, "query": params.query},
                                "growth_last_over_first": growth, "rows": rows}, indent=2))
