@@ -177,7 +177,7 @@ def main() -> None:
                             "recall@1_sad_subsample": round(metrics(sad_scores(d["reference"], d["query"][sub]),
                                                                     truth[sub])["recall@1"], 4),
                             "recall@1_full_subsample": round(float(np.mean(full_all[sub] == truth[sub])), 4)}
-        if "train_s_2w" in row:
+        if "train_s_1w" in row and "train_s_2w" in row:
             row["train_speedup_2w"] = round(row["train_s_1w"] / row["train_s_2w"], 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
