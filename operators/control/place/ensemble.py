@@ -169,6 +169,8 @@ class _Worker:
                readout: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Global ids of this worker's places in lo..hi-1 and their scores (columns follow the ids)."""
         places = self.places()
+        if not self._ascending:
+            raise ValueError("window search needs a worker's modules in route order")
         c0, c1 = (int(c) for c in np.searchsorted(places, [lo, hi]))
         st = self._stack(removal, readout)
         if st is not None:
@@ -179,6 +181,7 @@ class _Worker:
         """Global place ids of this worker's columns, ascending (modules are dealt in route order)."""
         if self._places is None:
             self._places = np.concatenate([m.places for m in self.modules]) if self.modules else np.zeros(0, int)
+            self._ascending = bool(np.all(np.diff(self._places) > 0))
         return self._places
 
     def dump(self) -> list[Module]:
@@ -323,7 +326,9 @@ class Ensemble:
     def of(cls, modules: list[Module]) -> Ensemble:
         """An in-process ensemble of already trained modules."""
         w = _Worker()
-        w.modules = list(modules)
+        # in route order (e.g. modules gathered from Ray workers come interleaved): the
+        # localised search needs each worker's places ascending
+        w.modules = sorted(modules, key=lambda m: int(m.places[0]) if len(m.places) else -1)
         return cls([w], remote=False)
 
     def modules(self) -> list[Module]:

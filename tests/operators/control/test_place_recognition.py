@@ -344,3 +344,17 @@ def test_ensemble_operator_counts_full_searches_and_keeps_the_track_in_state():
     other = PlaceEnsemble(params)
     other.restore(op.state())
     assert other._track == op._track
+
+
+def test_window_search_of_modules_gathered_out_of_route_order():
+    # modules gathered from Ray workers come interleaved (worker 0's, then worker 1's): the
+    # localised search must still search the right places
+    mods = _random_modules(6, 5, 10, seed=8)
+    shuffled = Ensemble.of(mods[0::2] + mods[1::2])
+    imgs = np.random.default_rng(3).uniform(0, 1, (2, 28, 28)).astype(np.float32)
+    full = Ensemble.of(mods).scores(imgs)
+    assert np.allclose(shuffled.scores(imgs), full)
+    ids, w = shuffled.window(imgs, 10, 25)
+    assert ids.tolist() == list(range(10, 25))
+    has = np.concatenate([np.isin(np.arange(5), m.labels[m.kept()]) for m in mods])[10:25]
+    assert np.allclose(w[:, has], full[:, 10:25][:, has], rtol=1e-5)
