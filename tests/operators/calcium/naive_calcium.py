@@ -63,22 +63,28 @@ def affinity(x, power):
     return c
 
 
+def _add_sample(pools, t, v, g, smin):
+    """Append sample v (frame t) as a new pool [value, weight, start, length] and merge
+    backwards while a spike would be < smin; a lone first pool is clamped at 0."""
+    pools.append([float(v), 1.0, t, 1])
+    while len(pools) > 1:
+        a, b = pools[-2], pools[-1]
+        ga = g ** a[3]
+        if b[0] >= ga * a[0] + smin:
+            break
+        w = a[1] + b[1] * ga * ga
+        pools[-2] = [(a[0] * a[1] + b[0] * b[1] * ga) / w, w, a[2], a[3] + b[3]]
+        pools.pop()
+    if len(pools) == 1 and pools[0][0] < 0:
+        pools[0][0] = 0.0
+
+
 def oasis_ar1_offline(y, g, smin):
     """Offline OASIS AR(1) with a minimum spike size, written as plainly as possible:
     pools [value, weight, start, length]; merge backwards while a spike would be < smin."""
     pools = []
     for t, v in enumerate(y):
-        pools.append([float(v), 1.0, t, 1])
-        while len(pools) > 1:
-            a, b = pools[-2], pools[-1]
-            ga = g ** a[3]
-            if b[0] >= ga * a[0] + smin:
-                break
-            w = a[1] + b[1] * ga * ga
-            pools[-2] = [(a[0] * a[1] + b[0] * b[1] * ga) / w, w, a[2], a[3] + b[3]]
-            pools.pop()
-        if len(pools) == 1 and pools[0][0] < 0:
-            pools[0][0] = 0.0
+        _add_sample(pools, t, v, g, smin)
     s = np.zeros(len(y))
     for i in range(1, len(pools)):
         s[pools[i][2]] = pools[i][0] - g ** pools[i - 1][3] * pools[i - 1][0]
@@ -93,17 +99,7 @@ def oasis_ar1_online(y, g, smin, lag, cap):
     for t, v in enumerate(y):
         if len(pools) == cap:
             pools.pop(0)
-        pools.append([float(v), 1.0, t, 1])
-        while len(pools) > 1:
-            a, b = pools[-2], pools[-1]
-            ga = g ** a[3]
-            if b[0] >= ga * a[0] + smin:
-                break
-            w = a[1] + b[1] * ga * ga
-            pools[-2] = [(a[0] * a[1] + b[0] * b[1] * ga) / w, w, a[2], a[3] + b[3]]
-            pools.pop()
-        if len(pools) == 1 and pools[0][0] < 0:
-            pools[0][0] = 0.0
+        _add_sample(pools, t, v, g, smin)
         for i in range(len(pools) - 1, 0, -1):
             if pools[i][2] == t - lag:
                 out[t] = pools[i][0] - g ** pools[i - 1][3] * pools[i - 1][0]
