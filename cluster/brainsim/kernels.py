@@ -239,6 +239,17 @@ def _external(rng, bufc, a, b, lam, extw):
         bufc[i] += poisson_draw(rng, i, lam) * extw
 
 
+@njit(inline="always")
+def _threshold(v, refr, fired, i, vi, r, vth, vreset, ref):
+    """Store neuron i's new v and refractory count, with threshold and reset applied (as
+    selects, so the callers' loops still vectorise); flag it in `fired` and return the flag."""
+    fire = (r == 0) & (vi >= vth)
+    v[i] = vreset if fire else vi
+    refr[i] = ref if fire else r
+    fired[i] = fire
+    return fire
+
+
 @njit(cache=True, nogil=True)
 def _lif_cuba(v, ge, gi, refr, bufe, bufi, fired, p22, p21e, p21i, dece, deci, vrest, vth, vreset, ref):
     """One exact step of current-based LIFs; returns how many fired (flags in `fired`).
@@ -263,11 +274,7 @@ def _lif_cuba(v, ge, gi, refr, bufe, bufi, fired, p22, p21e, p21i, dece, deci, v
         r = r if active else r - 1
         ge[i] = gei * dece + in_e
         gi[i] = gii * deci + in_i
-        fire = (r == 0) & (vi >= vth)
-        v[i] = vreset if fire else vi
-        refr[i] = ref if fire else r
-        fired[i] = fire
-        n_fired += fire
+        n_fired += _threshold(v, refr, fired, i, vi, r, vth, vreset, ref)
     return n_fired
 
 
@@ -290,11 +297,7 @@ def _lif_coba(v, ge, gi, refr, bufe, bufi, fired, dece, deci, vrest, vth, vreset
             v[i] = vinf + (v[i] - vinf) * math.exp(-dt_tau * gtot)
         ge[i] = ge[i] * dece + in_e
         gi[i] = gi[i] * deci + in_i
-        fire = (r == 0) & (v[i] >= vth)
-        v[i] = vreset if fire else v[i]
-        refr[i] = ref if fire else r
-        fired[i] = fire
-        n_fired += fire
+        n_fired += _threshold(v, refr, fired, i, v[i], r, vth, vreset, ref)
     return n_fired
 
 
@@ -312,11 +315,7 @@ def _lif_delta(v, refr, bufe, bufi, fired, p22, vrest, vth, vreset, ref):
         active = r <= 0
         vi = v_new if active else vi
         r = r if active else r - 1
-        fire = (r == 0) & (vi >= vth)
-        v[i] = vreset if fire else vi
-        refr[i] = ref if fire else r
-        fired[i] = fire
-        n_fired += fire
+        n_fired += _threshold(v, refr, fired, i, vi, r, vth, vreset, ref)
     return n_fired
 
 

@@ -137,6 +137,11 @@ class _Batcher:
         self._set_due()
         return True
 
+    def refusal(self, records: np.ndarray) -> str:
+        """Why `append` refused `records` (it leaves `t_last` as it was): the slow check, once per bad packet."""
+        t = records["t"].astype(np.int64)
+        return check_events(t, records["x"], records["y"], self.width, self.height, self.t_last) or "bad event"
+
     def _batch(self, a: int, b: int):
         t, x, y, p = self.cols
         return events_batch(t[a:b], x[a:b], y[a:b], p[a:b], self.schema)
@@ -287,10 +292,8 @@ class Aedat4Source(Source):
                 if packet["stream_id"] != main_id:
                     continue
                 arr = packet["events"]
-                t_last = batcher.t_last
                 if not batcher.append(arr):
-                    self._fail(index, check_events(arr["t"].astype(np.int64), arr["x"], arr["y"], batcher.width,
-                                                   batcher.height, t_last) or "bad event")
+                    self._fail(index, batcher.refusal(arr))
                     continue
                 self.events += len(arr)
                 if batcher.due:
@@ -391,12 +394,9 @@ class EventFileSource(Source):
                     raise DataError(f"event file '{p.path}' packet {index}: unreadable ({exc})") from None
                 self.skipped_packets += 1
                 break
-            t_last = batcher.t_last
             if not batcher.append(arr):
                 if p.on_error == "raise":
-                    why = check_events(arr["t"].astype(np.int64), arr["x"], arr["y"], batcher.width, batcher.height,
-                                       t_last)
-                    raise DataError(f"event file '{p.path}' packet {index}: {why or 'bad event'}")
+                    raise DataError(f"event file '{p.path}' packet {index}: {batcher.refusal(arr)}")
                 self.skipped_packets += 1
                 continue
             if batcher.due:
@@ -464,10 +464,8 @@ class UdpEventSource(Source):
                 why = f"datagram of {len(data)} bytes is not a whole number of {UDP_DTYPE.itemsize}-byte events"
             else:
                 arr = np.frombuffer(data, UDP_DTYPE)
-                t_last = batcher.t_last
                 if not batcher.append(arr):
-                    why = check_events(arr["t"].astype(np.int64), arr["x"], arr["y"], p.width, p.height, t_last)
-                    why = why or "bad event"
+                    why = batcher.refusal(arr)
             if why:
                 if p.on_error == "raise":
                     raise DataError(f"udp_event_source {p.host}:{p.port} datagram {self.received}: {why}")
