@@ -165,14 +165,14 @@ def hold_errors(setpoints: np.ndarray, z: np.ndarray) -> tuple[float, float]:
     Overshoot: how far past the new set point the flight went; steady-state error: |mean
     error| over the last quarter of the hold (as `sim.metrics` scores a flight).
     """
-    from operators.control.sim import _segments
+    from operators.control.sim import _hold, _segments
 
     overs, sse = [], []
     for sp, zz in zip(setpoints, z):
         for a, b in _segments(sp):
-            direction = np.sign(sp[a] - sp[a - 1])
-            overs.append(max(0.0, float((direction * (zz[a:b] - sp[a])).max())))
-            sse.append(abs(float((sp[a] - zz[a + int(0.75 * (b - a)) : b]).mean())))
+            over, tail = _hold(sp, zz, a, b)
+            overs.append(over)
+            sse.append(abs(float(tail.mean())))
     return (float(np.mean(overs)), float(np.mean(sse))) if overs else (0.0, 0.0)
 
 

@@ -201,6 +201,14 @@ def _segments(sp: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b - a > 5]
 
 
+def _hold(sp: np.ndarray, z: np.ndarray, a: int, b: int) -> tuple[float, np.ndarray]:
+    """Overshoot (m past the new set point) and the error over the last quarter of hold a..b."""
+    direction = np.sign(sp[a] - sp[a - 1])
+    over = max(0.0, float((direction * (z[a:b] - sp[a])).max()))
+    tail = a + int(0.75 * (b - a))
+    return over, sp[tail:b] - z[tail:b]
+
+
 def metrics(run: dict[str, np.ndarray], dt_s: float = 0.1, band_m: float = 0.05) -> dict[str, float]:
     """RMSE, overshoot, settling time, steady-state error (all m / s) and mean |command|."""
     sp, z = run["setpoint"], run["z"]
@@ -212,13 +220,11 @@ def metrics(run: dict[str, np.ndarray], dt_s: float = 0.1, band_m: float = 0.05)
         return out
     overs, settle, sse, sss = [], [], [], []
     for a, b in segs:
-        direction = np.sign(sp[a] - sp[a - 1])
-        beyond = direction * (z[a:b] - sp[a])
-        overs.append(max(0.0, float(beyond.max())))
+        over, tail = _hold(sp, z, a, b)
+        overs.append(over)
         outside = np.flatnonzero(np.abs(err[a:b]) > band_m)
         # a hold that never settles counts as its whole length (censored)
         settle.append(0.0 if not len(outside) else (outside[-1] + 1) * dt_s)
-        tail = err[a + int(0.75 * (b - a)) : b]
         sse.append(float(np.abs(tail.mean())))
         sss.append(float(tail.std()))
     out.update(
