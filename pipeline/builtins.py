@@ -129,10 +129,8 @@ class CountSink(Operator):
         self.batches += 1
         rows = batch.num_rows
         self.items += rows
-        idx = batch.schema.get_field_index("t") if rows else -1
-        if idx >= 0:
-            col = batch.column(idx)
-            t = col.to_numpy(zero_copy_only=col.null_count == 0)
+        if rows and batch.schema.get_field_index("t") >= 0:
+            t = sch.column(batch, "t")
             self.t_sum += int(t.sum())
             self.t_last = int(t[-1])
 

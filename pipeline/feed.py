@@ -76,17 +76,20 @@ class Feed:
         except Exception as exc:
             raise OperatorError(node.id, f"{type(exc).__name__}: {exc}") from exc
 
+    def _wave(self, sid: str, m: NodeMetrics, port: str, batch) -> tuple[str, list[Item]]:
+        """One source batch as a wave: numbered per port, counted, stamped with ingest time."""
+        key = (sid, port)
+        seq = self.seq.get(key, 0)
+        self.seq[key] = seq + 1
+        m.batches_out += 1
+        m.items_out += batch.num_rows
+        return sid, [(sid, port, batch, seq, time.time_ns())]
+
     def _lone(self, s, gen) -> Iterator[tuple[str, list[Item]]]:
         """One source at max pacing: nothing to merge or wait for."""
-        m, seqs, sid = self.metrics[s.id], self.seq, s.id
+        m = self.metrics[s.id]
         while (nxt := self._pull(s, gen)) is not None:
-            port, batch = nxt
-            key = (sid, port)
-            seq = seqs.get(key, 0)
-            seqs[key] = seq + 1
-            m.batches_out += 1
-            m.items_out += batch.num_rows
-            yield sid, [(sid, port, batch, seq, time.time_ns())]
+            yield self._wave(s.id, m, *nxt)
 
     def __iter__(self) -> Iterator[tuple[str, list[Item]]]:
         heap = []
@@ -123,12 +126,7 @@ class Feed:
                 m.drops_batches += 1
                 m.drops_items += batch.num_rows
                 continue
-            key = (s.id, port)
-            seq = self.seq.get(key, 0)
-            self.seq[key] = seq + 1
-            m.batches_out += 1
-            m.items_out += batch.num_rows
-            yield s.id, [(s.id, port, batch, seq, time.time_ns())]
+            yield self._wave(s.id, m, port, batch)
 
 
 def _as_pairs(op, gen):
