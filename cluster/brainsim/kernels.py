@@ -352,7 +352,8 @@ def _gather(fired, n_fired, step, lo, out_steps, out_neurons, count):
     return count
 
 
-def fired_scratch(n: int) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def fired_scratch(n):
     """The `fired` flags `advance` needs for n neurons: zeros, padded to whole 8-byte words."""
     return np.zeros(-(-n // 8) * 8, np.uint8)
 
@@ -438,7 +439,7 @@ def run_windows(n_windows, window, step0, pops, pidx, lo, v, ge, gi, refr, rng, 
     m = 0
     no_src = np.empty(0, np.int64)
     src_ptr = np.zeros(1, np.int64)
-    fired = np.zeros(-(-n // 8) * 8, np.uint8)  # as fired_scratch(n)
+    fired = fired_scratch(n)
     for k in range(n_windows):
         deliver(prev_s[:n_prev], prev_n[:n_prev], indptr, tgt, w, dch, buf)
         c = advance(pops, pidx, lo, step0 + k * window, window, v, ge, gi, refr, rng, buf, no_src, no_src,
