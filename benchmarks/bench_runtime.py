@@ -177,23 +177,24 @@ def ratios(row: dict, dora: dict, n: int) -> dict:
     def div(a, b):
         return a / b if a is not None and b else None
 
-    comp, plain, cg, dr = row.get("ray_compiled", {}), row["peer_plain_ray"], row.get("peer_ray_compiled_graph", {}), dora.get(str(n), {})
-    return {
-        "ray_per_hop_vs_plain_ray": div(row["ray"]["per_hop_p50_ms"], plain["per_hop_p50_ms"]),
-        "ray_throughput_vs_plain_ray": div(row["ray"]["chain4_events_per_s"], plain["chain4_events_per_s"]),
-        "compiled_per_hop_vs_ray_compiled_graph": div(get(comp, "per_hop_p50_ms"), get(cg, "per_hop_p50_ms")),
-        "compiled_per_hop_vs_dora": div(get(comp, "per_hop_p50_ms"), get(dr, "per_hop_p50_ms")),
-        "local_per_hop_vs_dora": div(row["local"]["per_hop_p50_ms"], get(dr, "per_hop_p50_ms")),
-        "compiled_throughput_vs_ray_compiled_graph": div(get(comp, "chain4_events_per_s"), get(cg, "chain4_events_per_s")),
-        "fused_throughput_vs_dora": div(row["ray_fused"]["chain4_events_per_s"], get(dr, "chain4_events_per_s")),
-    }
+    plain, cg, dr = row["peer_plain_ray"], row.get("peer_ray_compiled_graph", {}), dora.get(str(n), {})
+    out = {}
+    for ours, peer, peer_row in (("ray", "plain_ray", plain), ("ray_compiled", "ray_compiled_graph", cg),
+                                 ("ray_compiled", "dora", dr), ("ray_shm", "ray_compiled_graph", cg),
+                                 ("ray_shm", "dora", dr), ("local", "dora", dr), ("ray_fused", "dora", dr)):
+        mine = row.get(ours, {})
+        out[f"{ours}_per_hop_vs_{peer}"] = div(get(mine, "per_hop_p50_ms"), get(peer_row, "per_hop_p50_ms"))
+        out[f"{ours}_throughput_vs_{peer}"] = div(get(mine, "chain4_events_per_s"), get(peer_row, "chain4_events_per_s"))
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--executors", default="local,ray,ray-compiled,ray-shm", help="ours to measure (comma list)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "runtime.json"))
     args = ap.parse_args()
+    rows = args.executors.split(",")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     report = {"machine": f"{os.cpu_count()} cores", "load_start": os.getloadavg(), "payloads": {}}
     try:
@@ -201,16 +202,17 @@ def main() -> None:
             count = 50 if args.quick else 200
             batches = payload(n, count)
             row = {}
-            row["local"] = ours_latency("local", batches)
-            row["local"]["chain4_events_per_s"] = ours_throughput("local", batches)
-            row["ray"] = ours_latency("ray", batches)
-            row["ray"]["chain4_events_per_s"] = ours_throughput("ray", batches)
-            row["ray_fused"] = {"chain4_events_per_s": ours_throughput("ray", batches, fuse="chains")}
-            try:
-                row["ray_compiled"] = ours_latency("ray-compiled", batches)
-                row["ray_compiled"]["chain4_events_per_s"] = ours_throughput("ray-compiled", batches)
-            except Exception as exc:  # reported, not hidden
-                row["ray_compiled"] = {"error": str(exc)[:300]}
+            for executor in ("local", "ray", "ray-compiled", "ray-shm"):
+                if executor not in rows:
+                    continue
+                key = executor.replace("-", "_")
+                try:
+                    row[key] = ours_latency(executor, batches)
+                    row[key]["chain4_events_per_s"] = ours_throughput(executor, batches)
+                except Exception as exc:  # reported, not hidden
+                    row[key] = {"error": str(exc)[:300]}
+                if executor == "ray":
+                    row["ray_fused"] = {"chain4_events_per_s": ours_throughput("ray", batches, fuse="chains")}
             row["peer_plain_ray"] = plain_ray(batches)
             try:
                 row["peer_ray_compiled_graph"] = compiled_ray(batches)

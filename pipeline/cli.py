@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from pipeline.errors import ConfigError, DataError, ReflexarcError
+from pipeline.run import EXECUTORS
 
 log = logging.getLogger("reflexarc")
 
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a pipeline config")
     p.add_argument("config")
-    p.add_argument("--executor", choices=["local", "ray", "ray-compiled"])
+    p.add_argument("--executor", choices=EXECUTORS)
     p.add_argument("--set", action="append", metavar="NODE.PARAM=VALUE")
     p.add_argument("--summary", metavar="JSON", help="write metrics and results here")
     p.add_argument("--record", metavar="DIR", help="record streams into this folder")

@@ -18,6 +18,9 @@ driver. Each actor is a `Stage`, so results match the local executor exactly.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections import deque
@@ -26,9 +29,11 @@ import pyarrow as pa
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
+from pipeline import shmchan
 from pipeline.errors import ConfigError, OperatorError, ReflexarcError
 from pipeline.feed import Feed
 from pipeline.graph import Graph, Node
+from pipeline.shmchan import Aborted, Channel
 from pipeline.stage import Stage
 
 _EMPTY: list = []
@@ -76,6 +81,31 @@ class StageActor:
         # batch (sinks, windows) would deadlock the chain, so each batch is copied out once
         items = [(n, p, _owned(b), s, t) for _, chunk in inputs for (n, p, b, s, t) in chunk]
         return finish, (self.stage.finish(items) if finish else self.stage.step(items))
+
+    def serve(self, ins: list[dict], outs: list[tuple[dict, frozenset, int]]):
+        """Shared-memory entry (`ray-shm`): read waves from `ins`, step, write to `outs`.
+
+        Runs until the finish wave has passed through, or until the run is aborted.
+        """
+        readers = [Channel(spec, "r") for spec in ins]
+        writers = [(Channel(spec, "w", cap), keys) for spec, keys, cap in outs]
+        try:
+            while True:
+                items, finish, wave = [], False, -1
+                for ch in readers:
+                    wave, finish, got = ch.recv()
+                    items += got
+                out = self.stage.finish(items) if finish else self.stage.step(items)
+                self.last_wave = wave
+                for ch, keys in writers:
+                    ch.send(wave, finish, out, keys)
+                if finish:  # the deepest queue seen on each outgoing channel
+                    return {ch.path: ch.queue_max for ch, _ in writers}
+        except Aborted:
+            return None
+        finally:
+            for ch in readers + [ch for ch, _ in writers]:
+                ch.close()
 
     def checkpoint(self):
         return self.last_wave, self.stage.state()
@@ -197,8 +227,13 @@ class _Driver:
                     )
             seen.add(gi)
 
-    def start(self) -> None:
+    def start(self, same_node: bool = False) -> None:
         opts = {"max_restarts": self.max_restarts, "max_task_retries": 0, "num_cpus": 0}
+        if same_node:  # shared-memory channels: every actor on the driver's machine
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = ray.get_runtime_context().get_node_id()
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(here, soft=False)
         self.actors = [StageActor.options(**opts).remote(_pruned(self.graph, ids), ids) for ids in self.groups]
         try:
             self.tokens = ray.get([a.incarnation.remote() for a in self.actors], timeout=120)
@@ -441,16 +476,24 @@ class _Driver:
 def run_ray(
     graph: Graph,
     *,
-    compiled: bool = False,
+    transport: str = "calls",
     monitor=None,
     stop=None,
     fuse: str | None = None,
     checkpoint_every: int = 16,
     max_restarts: int = 3,
     num_cpus: int | None = None,
+    ring_mb: int = 32,
 ) -> tuple[dict, list[dict], dict]:
-    """Run `graph` on Ray (starting a local session if none is running)."""
+    """Run `graph` on Ray (starting a local session if none is running).
+
+    `transport` moves batches between actors: `calls` (actor calls through the object
+    store: backpressure policies, crash recovery), `compiled` (a Ray Compiled Graph) or
+    `shm` (shared-memory channels on one machine: the lowest latency).
+    """
     own = not ray.is_initialized()
+    if transport not in ("calls", "compiled", "shm"):
+        raise ConfigError(f"unknown Ray transport '{transport}' (expected calls, compiled or shm)")
     if own:
         ray.init(num_cpus=num_cpus or 2, include_dashboard=False, log_to_driver=True)
     groups = plan_groups(graph, fuse)
@@ -459,10 +502,12 @@ def run_ray(
     driver.feed = feed
     dag = None
     try:
-        driver.start()
+        driver.start(same_node=transport == "shm")
         feed.setup()
         streaming = time.perf_counter()
-        if compiled:
+        if transport == "shm":
+            _run_shm(driver, feed, stop, ring_mb)
+        elif transport == "compiled":
             dag = _run_compiled(driver, feed, stop)
             dag.teardown()  # actors serve ordinary calls again only after this
             dag = None
@@ -560,3 +605,111 @@ def _run_compiled(driver: _Driver, feed: Feed, stop):
     while pending:
         drain_one()
     return dag
+
+
+def _shm_dir(need: int) -> str:
+    """/dev/shm when it has room for the rings (four times over), else the temp folder."""
+    try:
+        st = os.statvfs("/dev/shm")
+        if st.f_bavail * st.f_frsize > 4 * need:
+            return "/dev/shm"
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
+def _run_shm(driver: _Driver, feed: Feed, stop, ring_mb: int) -> None:
+    """Actors serve waves over shared-memory channels; the driver feeds the sources' channels."""
+    graph, groups = driver.graph, driver.groups
+    lossy = [f"{n}.{p}" for n in graph.order for p, e in graph.nodes[n].inputs.items() if e.policy == "drop-oldest"]
+    if lossy:
+        raise ConfigError(
+            f"the 'ray-shm' executor keeps every edge lossless, but {', '.join(lossy)} asks for "
+            "policy drop-oldest; use 'ray' for this graph"
+        )
+
+    def keys_into(gj: int, up) -> frozenset:
+        """The (node, port) streams group `gj` reads from `up` (a group, or "src")."""
+        return frozenset(
+            (e.src, e.src_port)
+            for n in groups[gj]
+            for e in graph.nodes[n].inputs.values()
+            if (graph.nodes[e.src].is_source if up == "src" else driver.group_of.get(e.src) == up)
+        )
+
+    ring = ring_mb << 20
+    links = [("src", gj) for gj in driver.order if any(isinstance(u, tuple) for u in driver.ups[gj])]
+    links += [(u, gj) for gj in driver.order for u in driver.ups[gj] if isinstance(u, int)]
+    run_dir = tempfile.mkdtemp(prefix="reflexarc-shm-", dir=_shm_dir(ring * len(links)))
+    specs = {link: shmchan.create(f"{run_dir}/{link[0]}-{link[1]}", ring) for link in links}
+    ins: dict[int, list] = {gi: [] for gi in range(len(groups))}
+    outs: dict[int, list] = {gi: [] for gi in range(len(groups))}
+    for (up, gj), spec in specs.items():
+        ins[gj].append(spec)
+        if up != "src":
+            outs[up].append((spec, keys_into(gj, up), driver.capacity[gj]))
+    refs = {driver.actors[gi].serve.remote(ins[gi], outs[gi]): gi for gi in range(len(groups))}
+    writers = [
+        (Channel(spec, "w", driver.capacity[gj]), keys_into(gj, "src"), gj)
+        for (up, gj), spec in specs.items()
+        if up == "src"
+    ]
+
+    def settle(ref) -> None:
+        gi = refs.pop(ref)
+        try:
+            queues = ray.get(ref)
+        except RayTaskError as exc:
+            cause = _cause(exc)
+            if isinstance(cause, ReflexarcError):
+                raise cause from None
+            if isinstance(cause, RayActorError):
+                raise OperatorError(",".join(groups[gi]), f"{_DIED}: {cause}") from None
+            raise OperatorError(",".join(groups[gi]), str(cause)) from None
+        except RayActorError as exc:
+            raise OperatorError(",".join(groups[gi]), f"{_DIED}: {exc}") from None
+        for (up, gj), spec in specs.items():
+            if up == gi and queues:
+                driver.queue_max[gj] = max(driver.queue_max[gj], queues.get(spec["path"], 0))
+
+    def check() -> None:
+        """Raise the failure of any actor that stopped serving; refresh the live view."""
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0, fetch_local=False)
+        for ref in done:
+            settle(ref)
+        driver.poll_monitor()
+
+    try:
+        w = 0
+        next_check = time.perf_counter() + 0.2
+        for _, items in feed:
+            for ch, keys, _ in writers:
+                ch.send(w, False, items, keys, idle=check)
+            w += 1
+            if time.perf_counter() >= next_check:
+                check()
+                next_check = time.perf_counter() + 0.2
+            if stop is not None and stop.is_set():
+                break
+        for ch, keys, _ in writers:
+            ch.send(w, True, [], keys, idle=check)
+        for ch, _, gj in writers:
+            driver.queue_max[gj] = max(driver.queue_max[gj], ch.queue_max)
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5, fetch_local=False)
+            for ref in done:
+                settle(ref)
+            driver.poll_monitor()
+    except BaseException:
+        for spec in specs.values():  # wake and stop every actor still waiting on a channel
+            ch = Channel(spec, "w")
+            ch.abort()
+            ch.close()
+        raise
+    finally:
+        for ch, _, _ in writers:
+            ch.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+_DIED = "the actor died; the 'ray-shm' executor does not recover from crashes (use 'ray' for that)"

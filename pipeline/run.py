@@ -11,7 +11,8 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 from pipeline.graph import Graph
 
-EXECUTORS = ("local", "ray", "ray-compiled")
+EXECUTORS = ("local", "ray", "ray-compiled", "ray-shm")
+_TRANSPORTS = {"ray": "calls", "ray-compiled": "compiled", "ray-shm": "shm"}
 
 
 @dataclass
@@ -57,7 +58,8 @@ def run(
     """Run a validated graph to completion and return its results and metrics.
 
     `executor` is `local`, `ray` (one actor per node or fused group, backpressure,
-    crash recovery) or `ray-compiled` (Ray Compiled Graphs, lowest latency).
+    crash recovery), `ray-compiled` (the same actors as a Ray Compiled Graph) or `ray-shm`
+    (the same actors linked by shared-memory channels on one machine: lowest latency).
     `options` go to the executor (for Ray: `fuse`, `checkpoint_every`, `max_restarts`).
     """
     graph = graph.check().fresh()
@@ -67,11 +69,11 @@ def run(
         from pipeline.local import run_local
 
         results, metrics = run_local(graph, monitor=monitor, stop=stop)
-    elif executor in ("ray", "ray-compiled"):
+    elif executor in _TRANSPORTS:
         from pipeline.rayexec import run_ray
 
         results, metrics, recovery = run_ray(
-            graph, compiled=executor == "ray-compiled", monitor=monitor, stop=stop, **options
+            graph, transport=_TRANSPORTS[executor], monitor=monitor, stop=stop, **options
         )
     else:
         raise ConfigError(f"unknown executor '{executor}' (expected one of {', '.join(EXECUTORS)})")

@@ -42,11 +42,12 @@ def _chain(batches, *, crash=None, sink_delay_ms=0.0, policy="block", capacity=8
 def test_same_outputs_under_every_executor(ray_session):
     batches = _batches()
     outs = {}
-    for executor in ("local", "ray"):
+    for executor in ("local", "ray", "ray-shm"):
         result = run(_chain(batches), executor)
         outs[executor] = result.results["out"]["batches"]
+        assert result.results["count"]["items"] == sum(b.num_rows for b in batches)
     assert tables_equal(outs["local"], batches)
-    for executor in ("ray",):
+    for executor in ("ray", "ray-shm"):
         assert len(outs[executor]) == len(outs["local"])
         for a, b in zip(outs[executor], outs["local"]):
             assert a.equals(b)
@@ -84,6 +85,41 @@ def test_compiled_mode_refuses_fan_out_with_a_clear_error(ray_session):
 
     with pytest.raises(ConfigError, match="linear chains"):
         run(_chain(_batches(2)), "ray-compiled")
+
+
+def test_shm_mode_feeds_several_sources_and_keeps_backpressure(ray_session):
+    first, second = _batches(10, 40, seed=1), _batches(7, 25, seed=2)
+    g = Graph("two")
+    g.add("s1", ListSource.of(first))
+    g.add("s2", ListSource.of(second))
+    g.add("a", "delay", per_batch_ms=2, inputs={"in": {"from": "s1.out", "capacity": 2}})
+    g.add("o1", CollectSink(), inputs={"in": "a.out"})
+    g.add("o2", CollectSink(), inputs={"in": "s2.out"})
+    result = run(g, "ray-shm")
+    assert tables_equal(result.results["o1"]["batches"], first)
+    assert tables_equal(result.results["o2"]["batches"], second)
+    assert 1 <= result.node("a")["queue_max"] <= 2  # never more waves waiting than the edge allows
+
+
+def test_shm_mode_refuses_lossy_edges_and_names_them(ray_session):
+    from pipeline import ConfigError
+
+    with pytest.raises(ConfigError, match=r"b\.in asks for policy drop-oldest"):
+        run(_chain(_batches(2), policy="drop-oldest"), "ray-shm")
+
+
+def test_shm_mode_ends_with_a_clear_error_when_an_actor_dies(ray_session, tmp_path):
+    import os
+
+    before = {d for d in os.listdir("/dev/shm") if d.startswith("reflexarc-shm-")}
+    crash = {"at_batch": 4, "marker": str(tmp_path / "died"), "mode": "exit"}
+    with pytest.raises(OperatorError) as info:
+        run(_chain(_batches(20, 30), crash=crash), "ray-shm")
+    assert "node 'boom' failed" in str(info.value) and "does not recover" in str(info.value)
+    assert (tmp_path / "died").exists()
+    # the channels' files are gone, and the session still runs the next graph
+    assert {d for d in os.listdir("/dev/shm") if d.startswith("reflexarc-shm-")} <= before
+    assert tables_equal(run(_chain(_batches(3), fan_out=False), "ray-shm").results["out"]["batches"], _batches(3))
 
 
 def test_fused_chains_give_the_same_outputs(ray_session):
@@ -133,7 +169,7 @@ def test_actor_crash_loses_nothing_and_duplicates_nothing(ray_session, tmp_path)
 
 
 def test_operator_error_names_the_node_under_both_executors(ray_session, tmp_path):
-    for executor in ("local", "ray"):
+    for executor in ("local", "ray", "ray-shm"):
         crash = {"at_batch": 2, "marker": str(tmp_path / f"m-{executor}"), "mode": "raise"}
         with pytest.raises(OperatorError) as info:
             run(_chain(_batches(6), crash=crash), executor)
