@@ -175,6 +175,16 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _reraise(exc: BaseException, where: str, died: str):
+    """Raise what a failed remote call stands for: our own error as it is, else one naming `where`."""
+    cause = _cause(exc)
+    if isinstance(cause, ReflexarcError):
+        raise cause from None
+    if isinstance(cause, RayActorError):
+        raise OperatorError(where, f"{died}: {cause}") from None
+    raise OperatorError(where, str(cause)) from None
+
+
 class _Driver:
     def __init__(self, graph: Graph, groups: list[list[str]], checkpoint_every: int, max_restarts: int, monitor):
         self.graph = graph
@@ -581,13 +591,8 @@ def _run_compiled(driver: _Driver, feed: Feed, stop):
     def drain_one():
         try:
             ray.get(pending.popleft(), timeout=300)
-        except RayTaskError as exc:
-            cause = _cause(exc)
-            if isinstance(cause, ReflexarcError):
-                raise cause from None
-            raise OperatorError("compiled graph", str(cause)) from None
-        except RayActorError as exc:
-            raise OperatorError("compiled graph", f"an actor died; the compiled mode does not recover: {exc}") from None
+        except (RayTaskError, RayActorError) as exc:
+            _reraise(exc, "compiled graph", "an actor died; the compiled mode does not recover")
 
     compiling = time.perf_counter()
     dag = out.experimental_compile(_submit_timeout=300, _max_inflight_executions=cap, _buffer_size_bytes=8 << 20)
@@ -659,15 +664,8 @@ def _run_shm(driver: _Driver, feed: Feed, stop, ring_mb: int) -> None:
         gi = refs.pop(ref)
         try:
             queues = ray.get(ref)
-        except RayTaskError as exc:
-            cause = _cause(exc)
-            if isinstance(cause, ReflexarcError):
-                raise cause from None
-            if isinstance(cause, RayActorError):
-                raise OperatorError(",".join(groups[gi]), f"{_DIED}: {cause}") from None
-            raise OperatorError(",".join(groups[gi]), str(cause)) from None
-        except RayActorError as exc:
-            raise OperatorError(",".join(groups[gi]), f"{_DIED}: {exc}") from None
+        except (RayTaskError, RayActorError) as exc:
+            _reraise(exc, ",".join(groups[gi]), _DIED)
         for (up, gj), spec in specs.items():
             if up == gi and queues:
                 driver.queue_max[gj] = max(driver.queue_max[gj], queues.get(spec["path"], 0))
