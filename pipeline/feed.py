@@ -87,9 +87,14 @@ class Feed:
 
     def _lone(self, s, gen) -> Iterator[tuple[str, list[Item]]]:
         """One source at max pacing: nothing to merge or wait for."""
-        m = self.metrics[s.id]
-        while (nxt := self._pull(s, gen)) is not None:
-            yield self._wave(s.id, m, *nxt)
+        sid, m, wave = s.id, self.metrics[s.id], self._wave
+        try:
+            for port, batch in gen:
+                yield wave(sid, m, port, batch)
+        except ReflexarcError as exc:
+            raise OperatorError(sid, str(exc)) from exc
+        except Exception as exc:
+            raise OperatorError(sid, f"{type(exc).__name__}: {exc}") from exc
 
     def __iter__(self) -> Iterator[tuple[str, list[Item]]]:
         heap = []
@@ -132,4 +137,7 @@ class Feed:
 def _as_pairs(op, gen):
     """Flatten what `generate()` yields (a batch, a (port, batch) pair, or a list) to pairs."""
     for out in gen:
-        yield from emitted(op, [out] if isinstance(out, tuple) else out)
+        if isinstance(out, tuple):
+            yield out
+        else:
+            yield from emitted(op, out)

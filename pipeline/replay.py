@@ -17,6 +17,7 @@ import heapq
 import logging
 import shutil
 import tempfile
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -80,23 +81,26 @@ class Replay(Source):
         period = 0 if t0 is None else (t1 - start + 1)
         if not self.params.start_s:
             start = None  # from the first batch: nothing to skip or slice
+        if not self.params.loop:
+            # handed on as they come: no per-batch work in this frame at all
+            yield from self._merged(rec, start)
+            return
         offset = 0
         while True:
             played = 0
             for port, batch in self._merged(rec, start):
                 played += 1
                 yield port, shift_t(batch, offset) if offset else batch
-            if not self.params.loop or played == 0 or period <= 0:
+            if played == 0 or period <= 0:
                 return
             offset += period
 
     def _merged(self, rec: Recording, start: int | None):
         """(port, batch) of every selected stream, in sensor-time order (ties: stream order)."""
         iters = [(port, _from(rec.batches(stream), start)) for port, stream in self.ports.items()]
-        if len(iters) == 1:  # nothing to merge: no per-batch timestamp lookups
+        if len(iters) == 1:  # nothing to merge: no per-batch timestamp lookups (zip pairs in C)
             port, it = iters[0]
-            for batch in it:
-                yield port, batch
+            yield from zip(repeat(port), it)
             return
         heap = []
         last = [-(2**63)] * len(iters)
@@ -120,9 +124,10 @@ class Replay(Source):
 
 def _from(batches, start: int | None):
     """Batches from sensor time `start` on: whole batches skipped, the first one sliced."""
-    if start is None:
-        yield from batches
-        return
+    return batches if start is None else _skip_to(batches, start)
+
+
+def _skip_to(batches, start: int):
     for batch in batches:
         idx = batch.schema.get_field_index("t")
         if idx < 0 or batch.num_rows == 0:
