@@ -4,15 +4,20 @@ Per size: training time in-process (`--train-workers 0`) or on 1 and 2 Ray worke
 and CPU seconds); query latency p50/p99, queries/s and CPU ms of one frame at a time,
 in-process, for the full exact search (the stacked product over every place) and the
 localised search (`tracking.search`: a window of 2 modules either side of the last
-confident place, full search when the window's best score is below the calibrated
-threshold), frames in route order; the peer is the SAD baseline over the same references,
+confident place, held through unsure answers until the calibrated lost-detector says
+lost, then a full search), frames in route order; the peer is the SAD baseline over the same references,
 all three timed interleaved in the same loop (per-query ratios, so machine load hits all
 alike); and, apart, the latency of the windowed queries that stayed in their window. Also: the localised search's full-search and fallback rates, its top-1 agreement
 with the full search, and Recall@1 of full and windowed search over the whole query
-traversal in route order (SAD on a subsample); through Ray actors when trained there.
+traversal in route order (SAD on a subsample), also for the localised search without the
+lost-detector (every unsure answer a full search); kidnap detection: 60 stretches of 30
+frames, each starting a quarter to three quarters of the route from the last, so every
+stretch after the first is a kidnap, and
+how many frames pass before a full search (counted where the robot was being tracked);
+through Ray actors when trained there.
 
     .venv/bin/python benchmarks/bench_place.py [--quick] [--sizes 500 1000 2000 5000]
-        [--train-workers 0 | 1 2] [--window-modules 2] [--out FILE]
+        [--train-workers 0 | 1 2] [--window-modules 2] [--lost-false-alarm 0.01] [--out FILE]
     -> benchmarks/results/place.json (place_quick.json with --quick)
 
 Training uses short settings (2 epochs, no jitter) so that 5,000 places train in minutes
@@ -89,6 +94,44 @@ class _Tracker:
         return {"queries": int(keep.sum()), **_stats(np.array(self.wall)[keep], np.array(self.cpu)[keep])}
 
 
+def _without_detector(ens, imgs, truth, win, n) -> dict:
+    """Recall@1 and full-search rate of the localised search when every unsure answer means a full search."""
+    walk = _Tracker(ens, win, n)
+    for f in imgs:
+        walk(f)
+    return {"recall@1_windowed_no_detector": round(float(np.mean(np.array(walk.best) == truth)), 4),
+            "full_search_rate_no_detector": round(float(np.mean(walk.full)), 4)}
+
+
+def _kidnaps(ens, imgs, win, n, stretches=60, frames=30, within=10, seed=0) -> dict:
+    """Frames from a kidnap (a jump a quarter to three quarters of the route away) to the next full search."""
+    rng = np.random.default_rng(seed)
+    track, delays, untracked, recovered = tracking.Track(), [], 0, 0
+    a = 0
+    for k in range(stretches):
+        a = int((a + rng.integers(n // 4, 3 * n // 4)) % (n - frames))   # far from where the robot was
+        tracked = track.place >= 0
+        fulls, right = [], []
+        for i in range(a, a + frames):
+            row, track, was_full = tracking.search(ens, imgs[i], track, win, n)
+            fulls.append(was_full)
+            right.append(int(row.argmax()) == i)
+        if k == 0:
+            continue
+        if not tracked:
+            untracked += 1
+            continue
+        delays.append(next((j for j, f in enumerate(fulls) if f), frames))
+        recovered += any(right[:within])
+    d = np.array(delays)
+    return {"kidnaps_while_tracking": len(d), "kidnaps_while_already_searching": untracked,
+            f"detected_within_{within}_frames": round(float(np.mean(d < within)), 4) if len(d) else None,
+            "detected_on_first_frame": round(float(np.mean(d == 0)), 4) if len(d) else None,
+            "median_frames_to_full_search": float(np.median(d)) if len(d) else None,
+            f"never_in_{frames}_frames": int(np.sum(d >= frames)),
+            f"right_place_within_{within}_frames": round(recovered / len(d), 4) if len(d) else None}
+
+
 def _full_top1(ens, imgs, chunk=250) -> np.ndarray:
     return np.concatenate([ens.scores(imgs[a:a + chunk]).argmax(axis=1) for a in range(0, len(imgs), chunk)])
 
@@ -102,6 +145,8 @@ def main() -> None:
     ap.add_argument("--train-workers", type=int, nargs="*", default=[1, 2],
                     help="Ray worker counts to train with (0: in-process only, no Ray rows)")
     ap.add_argument("--window-modules", type=int, default=2)
+    ap.add_argument("--lost-false-alarm", type=float, default=0.01,
+                    help="lost-detector false-alarm rate on tracked calibration frames (negative: no detector)")
     ap.add_argument("--reps", type=int, help="timed queries per size (default 400; quick 60)")
     ap.add_argument("--out", help="results file (default results/place.json, place_quick.json with --quick)")
     args = ap.parse_args()
@@ -143,12 +188,14 @@ def main() -> None:
         local = Ensemble.of(mods)
         local.scores(d["query"][:2])  # build the stacked index outside the timing
         t, c = time.perf_counter(), time.process_time()
-        win = tracking.Window(args.window_modules, ppm)
-        win = replace(win, threshold=tracking.calibrate(local, d["calibration"], d["calibration_places"], win, n),
-                      sure=tracking.calibrate_sure(local, d["calibration"], d["calibration_places"]))
+        plain = tracking.Window(args.window_modules, ppm)
+        fa = args.lost_false_alarm if args.lost_false_alarm >= 0 else None
+        win = tracking.calibrated(local, d["calibration"], d["calibration_places"], plain, n, false_alarm=fa)
         row["window_calibration"] = {"wall_s": round(time.perf_counter() - t, 2), "cpu_s": round(time.process_time() - c, 2),
                                      "threshold_mv": round(win.threshold, 3), "sure": round(win.sure, 4),
-                                     "window_places": min(n, (2 * args.window_modules + 1) * ppm)}
+                                     "window_places": min(n, (2 * args.window_modules + 1) * ppm),
+                                     "lost_false_alarm": fa, "lost_at": round(win.lost_at, 3),
+                                     "llr": [round(v, 3) for v in win.llr]}
         tracker = _Tracker(local, win, n)
         load0 = os.getloadavg()
         q = _interleaved({"full": lambda f, e=local: e.top(f[None], 5), "windowed": tracker,
@@ -174,6 +221,8 @@ def main() -> None:
                             "full_search_rate": round(float(np.mean(walk.full)), 4),
                             "fallback_rate": round(walk.track.fallbacks / n, 4),
                             "far_window_pass": round(tracking.far_pass(local, d["query"][sub], truth[sub], win, n), 4),
+                            **_without_detector(local, d["query"], truth, replace(win, llr=(), lost_at=np.inf), n),
+                            "kidnap": _kidnaps(local, d["query"], win, n),
                             "recall@1_sad_subsample": round(metrics(sad_scores(d["reference"], d["query"][sub]),
                                                                     truth[sub])["recall@1"], 4),
                             "recall@1_full_subsample": round(float(np.mean(full_all[sub] == truth[sub])), 4)}
@@ -201,7 +250,8 @@ def main() -> None:
                                "window_modules": args.window_modules,
                                "module_params": {"n_neurons": params.n_neurons, "epochs": params.epochs,
                                                  "jitter_px": params.jitter_px, "query": params.query},
-                               "growth_last_over_first": growth, "rows": rows}, indent=2))
+                               "growth_last_over_first": growth, "run_cpu_s": round(time.process_time(), 1),
+                               "load_end": [round(x, 1) for x in os.getloadavg()], "rows": rows}, indent=2))
     print(json.dumps(growth))
     print(f"written {out}")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +74,9 @@ def run(config_path, config: dict, out_dir, quick: bool) -> dict:
     # searched near the last confident place, full search on low score (ops.PlaceEnsemble).
     win = Window(int(ev.get("window_modules", 2)), int(ev.get("places_per_module", 10)),
                  refresh_every=int(ev.get("refresh_every", 0)))
-    win = replace(win, threshold=tracking.calibrate(ens, d["calibration"], d["calibration_places"], win, len(d["reference"]),
-                                                    float(ev.get("window_keep", 0.9))),
-                  sure=tracking.calibrate_sure(ens, d["calibration"], d["calibration_places"],
-                                               float(ev.get("sure_precision", 0.9))))
+    win = tracking.calibrated(ens, d["calibration"], d["calibration_places"], win, len(d["reference"]),
+                              float(ev.get("window_keep", 0.9)), float(ev.get("sure_precision", 0.9)),
+                              float(ev.get("lost_false_alarm", 0.01)) if ev.get("lost_detector", True) else None)
     track, rows_w = tracking.Track(), []
     for img in q:
         row, track, _ = tracking.search(ens, img, track, win, len(d["reference"]))
@@ -87,7 +85,8 @@ def run(config_path, config: dict, out_dir, quick: bool) -> dict:
     window = {"modules_either_side": win.modules, "threshold_mv": round(win.threshold, 3), "sure": round(win.sure, 4),
               "queries": track.queries, "full_search_rate": round(track.full / max(track.queries, 1), 4),
               "fallback_rate": round(track.fallbacks / max(track.queries, 1), 4),
-              "far_window_pass": round(tracking.far_pass(ens, q, truth, win, len(d["reference"])), 4)}
+              "far_window_pass": round(tracking.far_pass(ens, q, truth, win, len(d["reference"])), 4),
+              "lost_at": round(win.lost_at, 3), "llr": [round(v, 3) for v in win.llr]}
     if ev.get("spiking", True):
         # The same trained modules queried by a Poisson spiking run, recalibrated for it.
         spk = ens.requeried("spiking", d["calibration"], d["calibration_places"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -71,6 +70,10 @@ class EnsembleParams(Params):
     sure_precision: float = Field(0.9, gt=0, le=1, description="calibration precision a full-search match needs "
                                   "to centre the next window")
     refresh_every: int = Field(0, ge=0, description="also a full search after this many windowed frames (0 = never)")
+    lost_detector: bool = Field(True, description="hold the window through unsure answers until a calibrated "
+                                "CUSUM says lost (off: an unsure or low-scoring answer means a full search)")
+    lost_false_alarm: float = Field(0.01, ge=0, lt=1, description="fraction of tracked calibration frames the "
+                                    "lost-detector may call lost")
 
 
 @register
@@ -107,10 +110,8 @@ class PlaceEnsemble(Operator):
         if p.search == "window":
             cal, cal_places = d["calibration"], d["calibration_places"]
             win = tracking.Window(p.window_modules, p.places_per_module, refresh_every=p.refresh_every)
-            self._win = replace(win, threshold=tracking.calibrate(self._ens, cal, cal_places, win, self._n, p.window_keep,
-                                                                  removal=p.removal),
-                                sure=tracking.calibrate_sure(self._ens, cal, cal_places, p.sure_precision,
-                                                             removal=p.removal))
+            self._win = tracking.calibrated(self._ens, cal, cal_places, win, self._n, p.window_keep, p.sure_precision,
+                                            p.lost_false_alarm if p.lost_detector else None, p.removal)
 
     def _scores(self, frames) -> tuple[np.ndarray, np.ndarray]:
         if self._win is None:

@@ -257,7 +257,7 @@ def test_window_search_equals_the_full_search_restricted_to_the_window(readout):
             assert np.all(w[:, ~has] <= w[:, has].min(axis=1, keepdims=True))  # empty places rank last
 
 
-def _template_route(n_modules=12, ppm=5, seed=7):
+def _template_route(n_modules=12, ppm=5, seed=7, noise=0.1):
     """An ensemble of random-template modules where every place has neurons, and noisy views of each place."""
     rng = np.random.default_rng(seed)
     mods = []
@@ -274,7 +274,7 @@ def _template_route(n_modules=12, ppm=5, seed=7):
 
     def views(s):
         r = np.random.default_rng(s)
-        return (proto + r.normal(0, 0.1, proto.shape)).reshape(-1, 28, 28).astype(np.float32)
+        return (proto + r.normal(0, noise, proto.shape)).reshape(-1, 28, 28).astype(np.float32)
 
     return Ensemble.of(mods), views(1), views(2), ppm
 
@@ -358,3 +358,88 @@ def test_window_search_of_modules_gathered_out_of_route_order():
     assert ids.tolist() == list(range(10, 25))
     has = np.concatenate([np.isin(np.arange(5), m.labels[m.kept()]) for m in mods])[10:25]
     assert np.allclose(w[:, has], full[:, 10:25][:, has], rtol=1e-5)
+
+
+def test_observation_classes_and_the_cusum_level():
+    from operators.control.place import tracking
+
+    win = tracking.Window(threshold=10.0, sure=0.2, step=2)
+    assert tracking.observe(0.3, 40, 7, 12.0, win) == 0            # confident, above threshold
+    assert tracking.observe(0.1, 9, 7, 12.0, win) == 2             # 2 places past the previous answer
+    assert tracking.observe(0.1, 10, 7, 12.0, win) == 4            # 3 past: neither
+    assert tracking.observe(0.1, 6, 7, 9.0, win) == 5              # backwards, below threshold
+    assert tracking.observe(0.1, 8, -1, 12.0, win) == 4            # no previous answer: no motion check
+    assert tracking.observe(0.1, 7, 7, 12.0, win) == 4             # the same place again: no motion
+    steps = np.random.default_rng(0).normal(-0.5, 1.0, 400)
+    h = tracking.lost_level(steps, 0.02)
+
+    def alarms(level):
+        n, c = 0, 0.0
+        for v in steps:
+            c = max(0.0, c + v)
+            if c >= level:
+                n, c = n + 1, 0.0
+        return n
+
+    assert 0 < h < np.inf and alarms(h) <= 8 < alarms(h - 2e-3)   # the lowest level within the rate
+    assert 5.0 < tracking.lost_level(np.full(5, 1.0), 0.0) < 5.01   # no alarm at all: just above the top
+
+
+def test_unsure_window_answers_hold_the_window_until_the_cusum_says_lost():
+    from operators.control.place import tracking
+
+    ens, _, qry, ppm = _template_route()
+    n = len(qry)
+    # nothing is confident (sure 2), nothing agrees with motion (step -1): every answer adds 0.5
+    win = tracking.Window(modules=1, places_per_module=ppm, sure=2.0, step=-1,
+                          llr=(-1.0, -1.0, -1.0, -1.0, 0.5, 0.5), lost_at=1.2)
+    track = tracking.Track(place=20)
+    flags = []
+    for i in range(20, 23):
+        _, track, was_full = tracking.search(ens, qry[i], track, win, n)
+        flags.append(was_full)
+        if not was_full:
+            assert track.place == 20   # held, not recentred on an unsure answer
+    assert flags == [False, False, True]
+    assert track.fallbacks == 1 and track.full == 1
+    # the unsure full-search answer centres a window on probation, half-way to "lost"
+    assert track.place == track.prev >= 0 and track.evidence == pytest.approx(0.6)
+    _, track, was_full = tracking.search(ens, qry[23], track, win, n)
+    assert not was_full and track.evidence == pytest.approx(1.1)
+    _, track, was_full = tracking.search(ens, qry[24], track, win, n)
+    assert was_full and track.full == 2
+
+
+def test_calibrated_lost_detector_keeps_hard_frames_windowed_and_finds_a_kidnap():
+    from operators.control.place import tracking
+
+    ens, cal, qry, ppm = _template_route(n_modules=20, noise=1.5)
+    n = len(cal)
+    win = tracking.Window(modules=1, places_per_module=ppm)
+    win = replace(win, threshold=tracking.calibrate(ens, cal, np.arange(n), win, n),
+                  sure=tracking.calibrate_sure(ens, cal, np.arange(n)))
+    det = tracking.calibrate_lost(ens, cal, np.arange(n), win, n, false_alarm=0.02)
+    assert len(det.llr) == 6 and np.isfinite(det.lost_at) and det.lost_at > 0
+    assert det.llr[0] < 0 < max(det.llr[4:])   # confident answers say tracked, answers that say nothing say lost
+    full = ens.scores(qry).argmax(axis=1)
+    assert 0.3 < np.mean(full == np.arange(n)) < 0.95   # a hard route: many unsure answers
+
+    def walk(w, frames):
+        track, best = tracking.Track(), []
+        for i in frames:
+            row, track, _ = tracking.search(ens, qry[i], track, w, n)
+            best.append(int(row.argmax()))
+        return np.array(best), track
+
+    route = np.arange(n)
+    old, t_old = walk(win, route)
+    new, t_new = walk(det, route)
+    assert t_new.full < t_old.full / 2                      # far fewer full searches
+    assert np.mean(new == route) >= np.mean(full == route)   # and no accuracy lost to the window
+    # kidnapped half a route away after 30 frames: a full search comes within a few frames
+    jump = np.r_[np.arange(30), np.arange(30) + n // 2]
+    track, fulls = tracking.Track(), []
+    for i in jump:
+        row, track, was_full = tracking.search(ens, qry[i], track, det, n)
+        fulls.append(was_full)
+    assert any(fulls[30:30 + int(np.ceil(det.lost_at / max(det.llr[4:]))) + 2])
