@@ -142,33 +142,84 @@ def _span(t, window_us, cur_win):
 
 
 @_jit
-def frames(t, x, y, p, window_us, cur_win, acc):
-    """Event counts per polarity into frames (2, H, W): channel 0 OFF, channel 1 ON.
+def _window_end(t, i, end):
+    """The first index from `i` on whose time is at or past `end` (t is sorted)."""
+    return i + np.searchsorted(t[i:], end)
 
-    `acc` (2, H, W) float32 is the open window `cur_win` (-1: none yet), updated in
-    place. Returns (done, first_win, cur_win, acc): `done` (k, 2, H, W) holds the windows
-    that closed, numbered first_win .. first_win + k - 1, empty windows between events
-    included.
+
+@_jit
+def _count(x, y, p, a, b, flat, spill, hw, w):
+    """Adds events a..b-1 to the small unsigned counts `flat` (polarity-major, 2*hw of them).
+
+    A count that wraps to 0 carries its type's range (256 for uint8) into `spill` (int64,
+    same shape), so counts stay exact; the branch is taken once per 256 events at a pixel.
+    Returns whether any count wrapped.
+    """
+    wrapped = False
+    span = np.int64(np.iinfo(flat.dtype).max) + 1
+    for i in range(a, b):
+        k = np.intp(p[i]) * hw + np.intp(y[i]) * w + np.intp(x[i])
+        flat[k] += 1  # stored truncated to the count's type
+        if flat[k] == 0:
+            spill[k] += span
+            wrapped = True
+    return wrapped
+
+
+@_jit
+def frames(t, x, y, p, window_us, cur_win, acc, spill, wrapped):
+    """Event counts per polarity into frames (2, H, W) float32: channel 0 OFF, channel 1 ON.
+
+    The open window `cur_win` (-1: none yet) is counted in `acc` (2, H, W) uint8 (or
+    any unsigned type) plus `spill` (2, H, W) int64 for what wrapped past its range
+    (`wrapped` says whether it holds any), both updated in place. Returns (done, first_win, cur_win, acc, spill,
+    wrapped): `done` (k, 2, H, W) float32 holds the windows that closed, numbered
+    first_win .. first_win + k - 1, empty windows between events included.
+
+    Small counts keep the scattered increments in cache: at 640x480 the uint8 map is
+    0.6 MB (uint16 1.2, float32 2.4), and uint8 counted 1.2x as fast as uint16 and 2x
+    float32 here. t is sorted, so each window's events are found by binary search and
+    counted in a loop with no time test (with both, 2.5-3x the per-event-test float32
+    loop).
     """
     _, h, w = acc.shape
     if t.shape[0] == 0:
-        return np.zeros((0, 2, h, w), np.float32), cur_win, cur_win, acc
+        return np.zeros((0, 2, h, w), np.float32), cur_win, cur_win, acc, spill, wrapped
     first, last_win = _span(t, window_us, cur_win)
     out = np.empty((last_win - first, 2, h, w), np.float32)
     flat = acc.reshape(-1)
+    sflat = spill.reshape(-1)
     hw = h * w
+    n = t.shape[0]
     cur = first
-    end = (cur + 1) * window_us  # an event at or past this closes the open window
-    for i in range(t.shape[0]):
-        if t[i] >= end:
-            k = t[i] // window_us
-            while cur < k:  # close the open window (and any empty ones after it)
-                out[cur - first] = acc
-                acc[:] = 0
-                cur += 1
-            end = (cur + 1) * window_us
-        flat[(hw if p[i] else 0) + np.intp(y[i]) * w + np.intp(x[i])] += np.float32(1.0)
-    return out, first, last_win, acc
+    i = 0
+    while True:
+        j = _window_end(t, i, (cur + 1) * window_us)
+        wrapped |= _count(x, y, p, i, j, flat, sflat, hw, w)
+        if j == n:
+            break
+        k = t[j] // window_us
+        while cur < k:  # close the open window (and any empty ones after it)
+            o = out[cur - first].reshape(-1)
+            frame_counts(flat, sflat, wrapped, o)
+            flat[:] = 0
+            if wrapped:
+                sflat[:] = 0
+                wrapped = False
+            cur += 1
+        i = j
+    return out, first, last_win, acc, spill, wrapped
+
+
+@_jit
+def frame_counts(flat, sflat, wrapped, o):
+    """Writes the exact counts (small counts plus spill) of one window into float32 `o`."""
+    if wrapped:
+        for q in range(flat.shape[0]):
+            o[q] = np.float32(np.int64(flat[q]) + sflat[q])
+    else:
+        for q in range(flat.shape[0]):
+            o[q] = np.float32(flat[q])
 
 
 @_jit
@@ -357,7 +408,8 @@ def warm_up() -> None:
     hot_pixel(t, x, y, np.full((2, 2), -1, np.int64), z.copy(), z.copy(), np.int64(10), np.int64(5))
     rate_limit(t, np.int64(10), np.int64(5), np.int64(-1), np.int64(0))
     roi(x, y, 0, 0, 1, 1)
-    frames(t, x, y, p, np.int64(2), np.int64(-1), np.zeros((2, 2, 2), np.float32))
+    frames(t, x, y, p, np.int64(2), np.int64(-1), np.zeros((2, 2, 2), np.uint8), np.zeros((2, 2, 2), np.int64), False)
+    frame_counts(np.zeros(8, np.uint8), np.zeros(8, np.int64), True, np.zeros(8, np.float32))
     voxel_grid(t, x, y, p, np.int64(2), np.int64(-1), np.zeros((3, 2, 2), np.float64))
     last_times(t, x, y, p, np.int64(2), np.int64(-1), np.full((2, 2, 2), NEVER, np.int64))
     window_cuts(t, np.int64(2))

@@ -390,7 +390,11 @@ class WindowParams(Params):
 
 
 class Accumulator(EventOperator):
-    """Turns events into one tensor per aligned window; `t` of a frame is its window's start."""
+    """Turns events into one tensor per aligned window; `t` of a frame is its window's start.
+
+    `acc` is the tuple of arrays (and scalars) the kernel carries for the open window:
+    kernel(t, x, y, p, window_us, cur_win, *acc) -> (done, first_win, cur_win, *acc).
+    """
 
     outputs = {"out": "frames"}
     kernel = None
@@ -403,10 +407,14 @@ class Accumulator(EventOperator):
     def shape(self):
         raise NotImplementedError
 
-    def fresh(self):
-        return np.zeros(self.shape(), self.acc_dtype)
+    def fresh(self) -> tuple:
+        return (np.zeros(self.shape(), self.acc_dtype),)
 
     acc_dtype = np.float32
+
+    def open_window(self) -> np.ndarray:
+        """The open window's tensor, (1, *shape), for `finish`."""
+        return self.acc[0][None].copy()
 
     def out_schema(self, schema):
         return sch.frames_schema(self.shape(), "float32")
@@ -431,15 +439,15 @@ class Accumulator(EventOperator):
             return None
         t, x, y = txy(batch)
         self._validate(t, x, y)
-        done, first, self.cur_win, self.acc = type(self).kernel(
-            t, x, y, polarity(batch), np.int64(self.params.window_us), np.int64(self.cur_win), self.acc)
+        done, first, self.cur_win, *acc = type(self).kernel(
+            t, x, y, polarity(batch), np.int64(self.params.window_us), np.int64(self.cur_win), *self.acc)
+        self.acc = tuple(acc)
         return self.emit(done, first)
 
     def finish(self):
         if self.cur_win < 0:
             return None
-        done = self.acc[None].copy()
-        out = self.emit(done, self.cur_win)
+        out = self.emit(self.open_window(), self.cur_win)
         self.cur_win, self.acc = -1, self.fresh()
         return out
 
@@ -460,6 +468,16 @@ class ToFrames(Accumulator):
 
     def shape(self):
         return (2, self.height, self.width)
+
+    def fresh(self):
+        # uint8 counts (a small map stays in cache), what wrapped past 255 in int64, whether any did
+        return (np.zeros(self.shape(), np.uint8), np.zeros(self.shape(), np.int64), False)
+
+    def open_window(self):
+        counts, spill, wrapped = self.acc
+        out = np.empty((1, *self.shape()), np.float32)
+        K.frame_counts(counts.reshape(-1), spill.reshape(-1), wrapped, out.reshape(-1))
+        return out
 
 
 class VoxelParams(WindowParams):
@@ -496,7 +514,7 @@ class ToTimeSurface(Accumulator):
         return (2, self.height, self.width)
 
     def fresh(self):
-        return np.full(self.shape(), K.NEVER, np.int64)
+        return (np.full(self.shape(), K.NEVER, np.int64),)
 
     def render(self, done, first):
         w = self.params.window_us
@@ -507,6 +525,6 @@ class ToTimeSurface(Accumulator):
     def finish(self):
         if self.cur_win < 0:
             return None
-        out = self.emit(self.acc[None].copy(), self.cur_win)
+        out = self.emit(self.open_window(), self.cur_win)
         self.cur_win = -1  # the running map stays: a surface remembers across a stream end
         return out

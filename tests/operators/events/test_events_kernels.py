@@ -117,6 +117,25 @@ def test_accumulator_matches_reference(name):
     assert f.dtype == np.float32
 
 
+def test_frames_count_past_small_counts_exactly():
+    """to_frames counts in uint8 and carries wraps into a spill map: 2 x 65,536 + 7 events at
+    one pixel and polarity (past uint16 too), in windows that close mid-batch and in the last
+    one (finish), stay exact."""
+    n = 2 * 65_536 + 7
+    t = np.sort(np.concatenate([np.full(n, 10), np.full(n - 100, 7_500), np.arange(200) * 80]))
+    rng = np.random.default_rng(5)
+    x = np.where(np.arange(len(t)) % 3 == 0, rng.integers(0, W, len(t)), 2).astype(np.uint16)
+    y = np.where(np.arange(len(t)) % 3 == 0, rng.integers(0, H, len(t)), 5).astype(np.uint16)
+    p = np.where(np.arange(len(t)) % 3 == 0, rng.random(len(t)) < 0.5, True)
+    cols = (t.astype(np.int64), x, y, p)
+    rt, rf = naive.frames(*cols, W, H, 7000)
+    assert rf.max() > 65_536  # the wrap path runs
+    for cuts in ([], [70_000, 200_000], [131_080]):
+        ft, f = frames_of(run_op(ops.ToFrames(ops.ToFrames.Params(window_us=7000)), cut(cols, cuts)))
+        np.testing.assert_array_equal(ft, rt)
+        np.testing.assert_array_equal(f, rf)
+
+
 @pytest.mark.parametrize("name", sorted(FILTERS) + sorted(ACCUMULATORS) + ["slice_time", "slice_count", "roi_crop",
                                                                           "downsample", "polarity"])
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
