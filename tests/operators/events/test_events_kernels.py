@@ -204,6 +204,26 @@ def test_bad_events_are_refused_before_a_kernel_sees_them():
         ops.BackgroundFilter(ops.BackgroundFilter.Params()).process("in", backwards)
 
 
+@pytest.mark.parametrize("case", ["x", "y", "within", "after_last", "fine"])
+def test_all_valid_finds_each_kind_of_bad_event(case):
+    from operators.events import kernels as K
+
+    t = np.arange(100, 140, dtype=np.int64)
+    x = np.full(40, W - 1, np.uint16)
+    y = np.full(40, H - 1, np.uint16)
+    t_last = 100
+    if case == "x":
+        x[17] = W
+    elif case == "y":
+        y[39] = H
+    elif case == "within":
+        t[23] = t[22] - 1
+    elif case == "after_last":
+        t_last = 101
+    assert K.all_valid(t, x, y, W, H, np.int64(t_last)) == (case == "fine")
+    assert (K.check_sorted_inside(t, x, y, W, H, np.int64(t_last)) == -1) == (case == "fine")
+
+
 def test_operators_round_trip_state():
     cols = stream(7, n=500)
     batches = cut(cols, [250])
