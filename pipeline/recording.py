@@ -261,21 +261,22 @@ class Record(Operator):
             raise self._error
 
     def _write(self, track: _Track, batch: pa.RecordBatch, header) -> None:
+        """Write one batch (on the pipeline's thread, with `background: false`)."""
+        self._append(track, batch, header)
+        if batch.num_rows:
+            self._note_times(track, batch, batch)
+
+    def _append(self, track: _Track, batch: pa.RecordBatch, header) -> None:
+        """Write a batch and count it; its time range is noted apart (`_note_times`)."""
         if track.schema is None:
             track.schema = sch.unstamp(batch.schema)
-        t0 = t1 = None
-        if batch.num_rows and track.t_idx is not None:
-            if track.t_idx < 0:
-                track.t_idx = batch.schema.get_field_index("t")
-            if 0 <= track.t_idx < batch.num_columns:  # a changed schema fails at the write below
-                t = batch.column(track.t_idx)
-                t0, t1 = t[0].as_py(), t[-1].as_py()
-            elif track.t_idx < 0:
-                track.t_idx = None  # no time column in this stream
+        # a batch's first time is only needed to rotate by sensor time (`Array` wrappers and
+        # `as_py` cost ~7 us a batch, held under the GIL the pipeline wants)
+        t0 = self._t_at(track, batch, 0) if self.params.rotate_s is not None else None
         meta = None
         if header is not None:
             seq = header.seq
-            meta = {"seq": str(seq), "ingest_ns": str(header.ingest_ns)}
+            meta = pa.KeyValueMetadata(seq=str(seq).encode(), ingest_ns=str(header.ingest_ns).encode())
             if track.last_seq is not None and seq != track.last_seq + 1:
                 track.gaps += 1
             if track.first_seq is None:
@@ -292,28 +293,61 @@ class Record(Operator):
             raise DataError(f"stream '{track.stream}' changed schema mid-recording: {exc}") from None
         track.batches += 1
         track.rows += batch.num_rows
-        if t0 is not None:
-            track.t_start = t0 if track.t_start is None or t0 < track.t_start else track.t_start
-            track.t_end = t1 if track.t_end is None or t1 > track.t_end else track.t_end
+
+    @staticmethod
+    def _t_at(track: _Track, batch: pa.RecordBatch, i: int) -> int | None:
+        """`t` of row `i` of a non-empty batch (None when the stream has no time column)."""
+        if track.t_idx is None:
+            return None
+        if track.t_idx < 0:
+            track.t_idx = batch.schema.get_field_index("t")
+            if track.t_idx < 0:
+                track.t_idx = None  # no time column in this stream
+                return None
+        if track.t_idx >= batch.num_columns:
+            return None  # a changed schema fails at the write
+        return batch.column(track.t_idx)[i].as_py()
+
+    def _note_times(self, track: _Track, first: pa.RecordBatch, last: pa.RecordBatch) -> None:
+        """Widen the stream's time range by a run of written batches, from its ends."""
+        t0 = self._t_at(track, first, 0)
+        if t0 is None:
+            return
+        t1 = self._t_at(track, last, -1)
+        track.t_start = t0 if track.t_start is None or t0 < track.t_start else track.t_start
+        track.t_end = t1 if track.t_end is None or t1 > track.t_end else track.t_end
 
     def _drain(self) -> None:
-        """The writer thread: writes queued batches in order; keeps the first error for `process`."""
+        """The writer thread: writes queued batches in order; keeps the first error for `process`.
+
+        The time range is noted once per stream per wake-up, from the first and last batch
+        taken (sensor time runs forward within a stream), not for every batch.
+        """
         pending, kick, tick = self._pending, self._kick, self.params.flush_ms / 1000
         while True:
             kick.wait(tick)
             kick.clear()
             closing = self._closing  # read before draining: what was queued before close is written
+            ends: dict = {}  # track -> [first, last] non-empty batch written in this wake-up
             while pending:
-                item = pending.popleft()
+                track, batch, header = pending.popleft()
                 if self._error is None:  # after an error, keep draining so the pipeline never blocks
                     try:
-                        self._write(*item)
+                        self._append(track, batch, header)
+                        if batch.num_rows:
+                            end = ends.get(track)
+                            if end is None:
+                                ends[track] = [batch, batch]
+                            else:
+                                end[1] = batch
                     except DataError as exc:
                         self._error = exc
                     except Exception as exc:  # disk full, permissions changed under us
                         self._error = DataError(f"recording into '{self.params.dir}' failed: {exc}")
                 if self._waiting:
                     self._room.set()
+            for track, (first, last) in ends.items():
+                self._note_times(track, first, last)
             if closing:
                 return
 
