@@ -9,8 +9,9 @@ lost, then a full search), frames in route order; the peer is the SAD baseline o
 all three timed interleaved in the same loop (per-query ratios, so machine load hits all
 alike); and, apart, the latency of the windowed queries that stayed in their window. Also: the localised search's full-search and fallback rates, its top-1 agreement
 with the full search, and Recall@1 of full and windowed search over the whole query
-traversal in route order (SAD on a subsample), also for the localised search without the
-lost-detector (every unsure answer a full search); kidnap detection: 60 stretches of 30
+traversal in route order (SAD on a subsample), every frame of it timed (wall, CPU) for the
+localised search, the same without the lost-detector (every unsure answer a full search)
+and the full search, interleaved; kidnap detection: 60 stretches of 30
 frames, each starting a quarter to three quarters of the route from the last, so every
 stretch after the first is a kidnap, and
 how many frames pass before a full search (counted where the robot was being tracked);
@@ -92,15 +93,6 @@ class _Tracker:
         if not keep.any():
             return {}
         return {"queries": int(keep.sum()), **_stats(np.array(self.wall)[keep], np.array(self.cpu)[keep])}
-
-
-def _without_detector(ens, imgs, truth, win, n) -> dict:
-    """Recall@1 and full-search rate of the localised search when every unsure answer means a full search."""
-    walk = _Tracker(ens, win, n)
-    for f in imgs:
-        walk(f)
-    return {"recall@1_windowed_no_detector": round(float(np.mean(np.array(walk.best) == truth)), 4),
-            "full_search_rate_no_detector": round(float(np.mean(walk.full)), 4)}
 
 
 def _kidnaps(ens, imgs, win, n, stretches=60, frames=30, within=10, seed=0) -> dict:
@@ -209,19 +201,30 @@ def main() -> None:
                                  "fallback_rate": round(tracker.track.fallbacks / reps, 4),
                                  "top1_agreement_with_full": round(float(np.mean(
                                      np.array(tracker.best[:len(full_best)]) == full_best)), 4)}
-        # accuracy over the whole query traversal in route order (untimed)
-        walk = _Tracker(local, win, n)
+        # the whole query traversal in route order, every frame timed for the localised search
+        # with and without the lost-detector and for the full search, interleaved
+        walk, old = _Tracker(local, win, n), _Tracker(local, replace(win, llr=(), lost_at=np.inf), n)
+        full_t = _Tracker(local, replace(win, modules=0), n)   # modules=0: every frame a full search
+        load0 = os.getloadavg()
         for f in d["query"]:
-            walk(f)
+            for tracker in (walk, old, full_t):
+                tracker(f)
         truth = d["query_places"]
-        full_all = _full_top1(local, d["query"])
+        full_all = np.array(full_t.best)
         sub = np.linspace(0, n - 1, min(n, 200)).astype(int)
         row["traversal"] = {"queries": n, "recall@1_full": round(float(np.mean(full_all == truth)), 4),
                             "recall@1_windowed": round(float(np.mean(np.array(walk.best) == truth)), 4),
                             "full_search_rate": round(float(np.mean(walk.full)), 4),
                             "fallback_rate": round(walk.track.fallbacks / n, 4),
+                            "latency_windowed": _stats(walk.wall, walk.cpu),
+                            "latency_full": _stats(full_t.wall, full_t.cpu),
+                            "recall@1_windowed_no_detector": round(float(np.mean(np.array(old.best) == truth)), 4),
+                            "full_search_rate_no_detector": round(float(np.mean(old.full)), 4),
+                            "latency_windowed_no_detector": _stats(old.wall, old.cpu),
+                            "cpu_ratio_windowed_to_full": round(float(np.sum(walk.cpu) / np.sum(full_t.cpu)), 3),
+                            "load": {"before": [round(x, 1) for x in load0],
+                                     "after": [round(x, 1) for x in os.getloadavg()]},
                             "far_window_pass": round(tracking.far_pass(local, d["query"][sub], truth[sub], win, n), 4),
-                            **_without_detector(local, d["query"], truth, replace(win, llr=(), lost_at=np.inf), n),
                             "kidnap": _kidnaps(local, d["query"], win, n),
                             "recall@1_sad_subsample": round(metrics(sad_scores(d["reference"], d["query"][sub]),
                                                                     truth[sub])["recall@1"], 4),
@@ -243,6 +246,9 @@ def main() -> None:
               "window_only_p50": grow("query_window_only", "p50_ms"),
               "window_only_cpu": grow("query_window_only", "cpu_ms_mean"),
               "sad_p50": grow("sad_query", "p50_ms"), "sad_cpu": grow("sad_query", "cpu_ms_mean")}
+    for k in ("latency_windowed", "latency_full", "latency_windowed_no_detector"):   # whole traversals
+        for stat in ("p50_ms", "p99_ms", "cpu_ms_mean"):
+            growth[f"traversal_{k}_{stat}"] = round(last["traversal"][k][stat] / first["traversal"][k][stat], 2)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
         "place_quick.json" if args.quick else "place.json")
     out.parent.mkdir(exist_ok=True)
