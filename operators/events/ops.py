@@ -403,6 +403,11 @@ class Accumulator(EventOperator):
         super().__init__(params, node)
         self.cur_win = -1
         self.acc = None
+        self._frames_schema = None
+
+    def schemas(self, inputs):
+        self._frames_schema = None
+        return super().schemas(inputs)
 
     def shape(self):
         raise NotImplementedError
@@ -428,8 +433,9 @@ class Accumulator(EventOperator):
             return None
         w = self.params.window_us
         t = (first + np.arange(len(done), dtype=np.int64)) * w
-        return sch.frames_batch(t, self.render(done, first).astype(np.float32, copy=False),
-                                self.out_schema(self.in_schema))
+        if self._frames_schema is None:  # built once: a tensor schema costs ~0.1 ms
+            self._frames_schema = self.out_schema(self.in_schema)
+        return sch.frames_batch(t, self.render(done, first).astype(np.float32, copy=False), self._frames_schema)
 
     def process(self, port, batch):
         self._ensure(batch)
