@@ -9,7 +9,11 @@
    executor's per-batch cost can be told apart from the cost of reading.
 2. Recorder tap overhead: a live pipeline (synthetic -> identity | background_filter ->
    count_sink) without a tap, with a `record` tap (writer thread) and with a synchronous
-   tap (`background: false`), interleaved.
+   tap (`background: false`), interleaved. A fourth mode, `handoff`, is the tap with a
+   writer thread that drops what it takes instead of writing it: what handing batches to
+   the recorder costs the pipeline before a byte is written. Minor page faults are
+   counted for the process and for the pipeline's thread, since a batch that waits for
+   the writer is memory the pipeline cannot reuse at once.
 
 Every figure is a median over interleaved repeats, in wall time, CPU time of the process
 (all threads) and CPU time of the pipeline's own thread, with the load average beside it:
@@ -22,7 +26,10 @@ Targets (issue 5): replay within 1.2x of raw pyarrow; a tap costs <= 5%.
     .venv/bin/python benchmarks/bench_replay.py --quick     # ~1 min
     .venv/bin/python benchmarks/bench_replay.py             # >= 2 GB, a few minutes
 
-Writes benchmarks/results/replay.json (replay_quick.json with --quick).
+    .venv/bin/python benchmarks/bench_replay.py --tap-only  # the tap part alone, into /dev/shm
+
+Writes benchmarks/results/replay.json (replay_quick.json with --quick, replay_tap.json with
+--tap-only).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -40,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import Graph, run
-from pipeline.recording import Recording, export_aedat4
+from pipeline.recording import Record, Recording, export_aedat4
 from pipeline.replay import Replay
 
 RESULTS = Path(__file__).parent / "results" / "replay.json"
@@ -119,15 +127,29 @@ def _aedat(path: Path) -> int:
     return t_sum
 
 
+def _drop(self, track, batch, header) -> None:
+    """Record._append for the `handoff` mode: the writer thread takes the batch and drops it."""
+
+
 def _live(tap: str, tap_dir: Path, events: int, batch_items: int, work_op: str):
+    """(wall s, process CPU s, pipeline thread CPU s, process minor faults, thread minor faults)."""
     g = Graph("bench_live")
     g.add("cam", "synthetic", rate_hz=RATE_HZ, duration_s=events / RATE_HZ, batch_items=batch_items)
     g.add("mid", work_op, inputs={"in": "cam.out"})
     g.add("n", "count_sink", inputs={"in": "mid.out"})
     if tap != "none":
         shutil.rmtree(tap_dir, ignore_errors=True)
-        g.tap(["cam.out"], tap_dir, background=tap == "thread")
-    return _timed(lambda: run(g))[:3]
+        g.tap(["cam.out"], tap_dir, background=tap != "sync")
+    append = Record._append
+    if tap == "handoff":
+        Record._append = _drop
+    f0, t0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_THREAD)
+    try:
+        timed = _timed(lambda: run(g))[:3]
+    finally:
+        Record._append = append
+    f1, t1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_THREAD)
+    return (*timed, f1.ru_minflt - f0.ru_minflt, t1.ru_minflt - t0.ru_minflt)
 
 
 def bench_replay(work: Path, events: int, batch_items: int, repeats: int, aedat_repeats: int) -> dict:
@@ -181,7 +203,7 @@ def bench_replay(work: Path, events: int, batch_items: int, repeats: int, aedat_
 
 
 def bench_tap(where: Path, events: int, batch_items: int, repeats: int, work_op: str) -> dict:
-    modes = ("none", "thread", "sync")
+    modes = ("none", "handoff", "thread", "sync")
     runs: dict[str, list] = {m: [] for m in modes}
     loads = []
     _live("none", where / "tap", events // 10, batch_items, work_op)  # warm-up (Numba compiles here)
@@ -190,21 +212,26 @@ def bench_tap(where: Path, events: int, batch_items: int, repeats: int, work_op:
             runs[mode].append(_live(mode, where / "tap", events, batch_items, work_op))
         loads.append(os.getloadavg()[0])
     shutil.rmtree(where / "tap", ignore_errors=True)
-    med = {m: [_median([r[i] for r in rs]) for i in range(3)] for m, rs in runs.items()}
+    med = {m: [_median([r[i] for r in rs]) for i in range(5)] for m, rs in runs.items()}
 
     def figures(m):
-        wall, cpu, thread = med[m]
+        wall, cpu, thread, faults, thread_faults = med[m]
         return {"median_s": round(wall, 4), "cpu_s": round(cpu, 4), "pipeline_thread_cpu_s": round(thread, 4),
-                "Mev_per_s": round(events / wall / 1e6, 2)}
+                "Mev_per_s": round(events / wall / 1e6, 2), "minor_faults": int(faults),
+                "pipeline_thread_minor_faults": int(thread_faults),
+                "all_wall_s": [round(r[0], 4) for r in runs[m]],
+                "all_pipeline_thread_cpu_s": [round(r[2], 4) for r in runs[m]]}
 
     def pct(m, i):
         return round(100 * (med[m][i] / med["none"][i] - 1), 1)
 
     return {"events": events, "batch_items": batch_items, "tap_into": str(where), "repeats": repeats,
             "pipeline": f"synthetic -> {work_op} -> count_sink",
-            "without_tap": figures("none"), "with_tap": figures("thread"), "with_sync_tap": figures("sync"),
+            "without_tap": figures("none"), "handoff_only": figures("handoff"), "with_tap": figures("thread"),
+            "with_sync_tap": figures("sync"),
             "overhead_pct": pct("thread", 0), "cpu_overhead_pct": pct("thread", 1),
             "pipeline_thread_overhead_pct": pct("thread", 2),
+            "handoff_overhead_pct": pct("handoff", 0), "handoff_pipeline_thread_overhead_pct": pct("handoff", 2),
             "sync_overhead_pct": pct("sync", 0), "sync_cpu_overhead_pct": pct("sync", 1),
             "loadavg_1min": [round(x, 1) for x in loads]}
 
@@ -227,6 +254,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="~200 MB instead of >= 2 GB")
     ap.add_argument("--workdir", default=None, help="where the recordings go (default: a temp folder)")
     ap.add_argument("--no-aedat", action="store_true", help="skip the AEDAT4 peer (writing it is slow)")
+    ap.add_argument("--tap-only", action="store_true", help="only the recorder tap part, into /dev/shm")
     args = ap.parse_args()
     # synthetic events take ~12.1 bytes each in IPC (int64 t, 2x uint16, bit-packed p)
     events = 16_500_000 if args.quick else 170_000_000
@@ -239,12 +267,14 @@ def main() -> None:
               "peers": ["raw pyarrow IPC stream reading (memory-mapped)", "aedat (AEDAT4 written by faery)"],
               "targets": {"replay_vs_raw_pyarrow": "<= 1.2", "tap_overhead_pct": "<= 5"}}
     try:
-        report["replay"] = [bench_replay(work, events, 65536, repeats, 0 if args.no_aedat else 2)]
-        if args.quick:  # small batches show the runtime's per-batch cost
+        report["replay"] = []
+        if not args.tap_only:
+            report["replay"].append(bench_replay(work, events, 65536, repeats, 0 if args.no_aedat else 2))
+        if args.quick and not args.tap_only:  # small batches show the runtime's per-batch cost
             report["replay"].append(bench_replay(work, events // 4, 4096, repeats, 0))
         # into RAM (tmpfs): the recorder's own cost; into the work folder: what the disk adds
         shm = Path("/dev/shm")
-        targets = ([shm] if shm.is_dir() else []) + [work]
+        targets = ([shm] if shm.is_dir() else []) + ([] if args.tap_only else [work])
         report["disk_write_MB_per_s"] = _disk_speed(work)
         work_ops = ["identity"]
         try:
@@ -259,7 +289,8 @@ def main() -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    results = RESULTS.with_name("replay_quick.json") if args.quick else RESULTS
+    results = RESULTS.with_name("replay_tap.json" if args.tap_only else "replay_quick.json") if (
+        args.quick or args.tap_only) else RESULTS
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(report, indent=2))
     for r in report["replay"]:
@@ -275,6 +306,7 @@ def main() -> None:
         print(f"tap overhead, {t['pipeline']}, into {t['tap_into']} ({t['batch_items']}-event batches): "
               f"{t['overhead_pct']}% wall, {t['cpu_overhead_pct']}% CPU, "
               f"{t['pipeline_thread_overhead_pct']}% pipeline-thread CPU "
+              f"(handoff alone {t['handoff_overhead_pct']}% wall, {t['handoff_pipeline_thread_overhead_pct']}% thread) "
               f"({t['without_tap']['Mev_per_s']} -> {t['with_tap']['Mev_per_s']} Mev/s); sync tap "
               f"{t['sync_overhead_pct']}% wall, {t['sync_cpu_overhead_pct']}% CPU; load {t['loadavg_1min']}")
     print(f"disk write speed of the work folder: {report['disk_write_MB_per_s']} MB/s")

@@ -18,7 +18,7 @@ import pytest
 from pipeline import ConfigError, DataError, Graph, run
 from pipeline import schemas as sch
 from pipeline.operator import Source
-from pipeline.recording import MANIFEST, Recording, StreamFile, inspect_recording
+from pipeline.recording import MANIFEST, Recording, StreamFile, inspect_recording, scan_stream
 from pipeline.testing import CollectSink, ListParams, ListSource, tables_equal
 
 
@@ -57,6 +57,21 @@ def test_record_then_replay_gives_the_same_batches(tmp_path):
     assert [b.num_rows for b in played["cam__out"]] == [b.num_rows for b in live]
     assert tables_equal(played["cam__out"], live)
     assert sum(b.num_rows for b in played["eeg__out"]) == 50
+
+
+@pytest.mark.parametrize("options", [{"background": False}, {"flush_ms": 200.0, "queue_batches": 1000}])
+def test_manifest_times_and_counts_match_the_files(tmp_path, options):
+    # the writer thread notes time ranges once per wake-up: with a 200 ms tick every batch of
+    # both streams is taken in one or a few wake-ups, and the manifest must still say what
+    # the files hold (as the synchronous tap, which notes them per batch, does)
+    _record_synthetic(tmp_path / "r", duration_s=0.2, **options)
+    m = json.loads((tmp_path / "r" / MANIFEST).read_text())
+    for stream, expected_end in (("cam.out", 199_990), ("eeg.out", 199_000)):
+        meta = m["streams"][stream]
+        scanned = scan_stream(tmp_path / "r", meta["files"])
+        keys = ("batches", "rows", "t_start_us", "t_end_us", "first_seq", "last_seq", "seq_gaps")
+        assert {k: meta[k] for k in keys} == {k: scanned[k] for k in keys}
+        assert (meta["t_start_us"], meta["t_end_us"]) == (0, expected_end)
 
 
 def test_manifest_holds_schemas_counts_times_and_version(tmp_path):
