@@ -13,6 +13,7 @@ import yaml
 from rich.console import Console
 
 from pipeline.errors import ConfigError
+from pipeline.run import EXECUTORS
 
 
 def register(subparsers) -> None:
@@ -23,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--shadow", action="store_true", help="mute actuator sinks (record their commands instead)")
     p.add_argument("--golden", metavar="DIR", help="recording of a known-good run to diff every stream against")
     p.add_argument("--tolerance", type=float, default=0.0, help="absolute tolerance on numeric fields (default 0)")
-    p.add_argument("--executor", choices=("local", "ray", "ray-compiled"), default=None)
+    p.add_argument("--executor", choices=EXECUTORS, default=None)
     p.add_argument("--pacing", choices=("max", "realtime"), default="max")
     p.add_argument("--speed", type=float, default=1.0, help="realtime speed factor")
     p.add_argument("--start-s", type=float, default=0.0, help="start this far into the recording")
