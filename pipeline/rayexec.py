@@ -82,13 +82,16 @@ class StageActor:
         items = [(n, p, _owned(b), s, t) for _, chunk in inputs for (n, p, b, s, t) in chunk]
         return finish, (self.stage.finish(items) if finish else self.stage.step(items))
 
-    def serve(self, ins: list[dict], outs: list[tuple[dict, frozenset, int]]):
-        """Shared-memory entry (`ray-shm`): read waves from `ins`, step, write to `outs`.
+    def attach(self, ins: list[dict], outs: list[tuple[dict, frozenset, int]]) -> None:
+        """Open (and fault in) this actor's shared-memory channels before the stream starts."""
+        self.channels = ([Channel(spec, "r") for spec in ins], [(Channel(spec, "w", cap), keys) for spec, keys, cap in outs])
+
+    def serve(self):
+        """Shared-memory entry (`ray-shm`): read waves from the attached channels, step, write on.
 
         Runs until the finish wave has passed through, or until the run is aborted.
         """
-        readers = [Channel(spec, "r") for spec in ins]
-        writers = [(Channel(spec, "w", cap), keys) for spec, keys, cap in outs]
+        readers, writers = self.channels
         try:
             while True:
                 items, finish, wave = [], False, -1
@@ -493,7 +496,7 @@ def run_ray(
     checkpoint_every: int = 16,
     max_restarts: int = 3,
     num_cpus: int | None = None,
-    ring_mb: int = 32,
+    ring_mb: int = 16,
 ) -> tuple[dict, list[dict], dict]:
     """Run `graph` on Ray (starting a local session if none is running).
 
@@ -646,19 +649,9 @@ def _run_shm(driver: _Driver, feed: Feed, stop, ring_mb: int) -> None:
     links = [("src", gj) for gj in driver.order if any(isinstance(u, tuple) for u in driver.ups[gj])]
     links += [(u, gj) for gj in driver.order for u in driver.ups[gj] if isinstance(u, int)]
     run_dir = tempfile.mkdtemp(prefix="reflexarc-shm-", dir=_shm_dir(ring * len(links)))
-    specs = {link: shmchan.create(f"{run_dir}/{link[0]}-{link[1]}", ring) for link in links}
-    ins: dict[int, list] = {gi: [] for gi in range(len(groups))}
-    outs: dict[int, list] = {gi: [] for gi in range(len(groups))}
-    for (up, gj), spec in specs.items():
-        ins[gj].append(spec)
-        if up != "src":
-            outs[up].append((spec, keys_into(gj, up), driver.capacity[gj]))
-    refs = {driver.actors[gi].serve.remote(ins[gi], outs[gi]): gi for gi in range(len(groups))}
-    writers = [
-        (Channel(spec, "w", driver.capacity[gj]), keys_into(gj, "src"), gj)
-        for (up, gj), spec in specs.items()
-        if up == "src"
-    ]
+    specs: dict = {}
+    writers: list = []
+    refs: dict = {}
 
     def settle(ref) -> None:
         gi = refs.pop(ref)
@@ -678,6 +671,25 @@ def _run_shm(driver: _Driver, feed: Feed, stop, ring_mb: int) -> None:
         driver.poll_monitor()
 
     try:
+        specs.update({link: shmchan.create(f"{run_dir}/{link[0]}-{link[1]}", ring) for link in links})
+        ins: dict[int, list] = {gi: [] for gi in range(len(groups))}
+        outs: dict[int, list] = {gi: [] for gi in range(len(groups))}
+        for (up, gj), spec in specs.items():
+            ins[gj].append(spec)
+            if up != "src":
+                outs[up].append((spec, keys_into(gj, up), driver.capacity[gj]))
+        attaching = time.perf_counter()
+        writers += [
+            (Channel(spec, "w", driver.capacity[gj]), keys_into(gj, "src"), gj)
+            for (up, gj), spec in specs.items()
+            if up == "src"
+        ]
+        try:
+            ray.get([driver.actors[gi].attach.remote(ins[gi], outs[gi]) for gi in range(len(groups))])
+        except (RayTaskError, RayActorError) as exc:
+            _reraise(exc, "ray-shm", "an actor died while it opened its channels")
+        driver.compile_s = time.perf_counter() - attaching  # set-up, not stream time
+        refs.update({driver.actors[gi].serve.remote(): gi for gi in range(len(groups))})
         w = 0
         next_check = time.perf_counter() + 0.2
         for _, items in feed:

@@ -67,7 +67,9 @@ class Channel:
         self.capacity = min(max(1, capacity), 4096)  # a pipe holds 64 KiB of tokens
         fd = os.open(self.path, os.O_RDWR)
         try:
-            self.mm = mmap.mmap(fd, _HEADER + self.size)
+            # populate: fault the whole ring in now, not page by page while batches stream
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self.mm = mmap.mmap(fd, _HEADER + self.size, flags=flags)
         finally:
             os.close(fd)
         self.mv = memoryview(self.mm).cast("B")
