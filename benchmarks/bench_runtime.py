@@ -66,6 +66,23 @@ def ours_latency(executor: str, batches, **opts) -> dict:
     return {"per_hop_p50_ms": per_hop["p50_ms"], "per_hop_p99_ms": per_hop["p99_ms"], "sink_1hop": lat[1], "sink_4hop": lat[4]}
 
 
+def local_hop_cost(batches, repeats: int = 5) -> dict:
+    """What one more identity hop adds per batch in the local executor, warm, at pacing max.
+
+    CPU time per batch of a 4-hop chain minus a 1-hop chain, over 3: the latency slope
+    above is taken with batches 20 ms apart, when caches have gone cold between batches.
+    """
+    many = (batches * (-(-2000 // len(batches))))[:2000]
+    cost = {1: [], 4: []}
+    for _ in range(repeats):
+        for hops in (1, 4):
+            t = time.process_time()
+            run(chain(many, hops), "local")
+            cost[hops].append(time.process_time() - t)
+    per = {h: float(np.median(v)) / len(many) * 1e6 for h, v in cost.items()}
+    return {"warm_per_hop_cpu_us": (per[4] - per[1]) / 3, "per_batch_cpu_us": per, "batches": len(many)}
+
+
 def ours_throughput(executor: str, batches, **opts) -> float:
     g = chain(batches, 5)  # source + 4 stages (3 identity + sink)
     res = run(g, executor, **opts)
@@ -211,6 +228,8 @@ def main() -> None:
                     row[key]["chain4_events_per_s"] = ours_throughput(executor, batches)
                 except Exception as exc:  # reported, not hidden
                     row[key] = {"error": str(exc)[:300]}
+                if executor == "local":
+                    row["local"].update(local_hop_cost(batches))
                 if executor == "ray":
                     row["ray_fused"] = {"chain4_events_per_s": ours_throughput("ray", batches, fuse="chains")}
             row["peer_plain_ray"] = plain_ray(batches)

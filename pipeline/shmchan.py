@@ -76,6 +76,10 @@ class Channel:
         # O_RDWR: opening a pipe never waits for the other side, and it never reads EOF
         self.data_fd = os.open(self.path + ".data", os.O_RDWR | os.O_NONBLOCK)
         self.space_fd = os.open(self.path + ".space", os.O_RDWR | os.O_NONBLOCK)
+        self.pollers = {}
+        for fd in (self.data_fd, self.space_fd):
+            self.pollers[fd] = select.poll()
+            self.pollers[fd].register(fd, select.POLLIN)
         self.pos = 0  # monotonic byte position of this side in the ring
         self.outstanding: deque[int] = deque()  # writer: bytes of each record not yet consumed
         self.used = 0
@@ -106,22 +110,15 @@ class Channel:
 
     def _take_token(self, fd: int, idle: Callable[[], None] | None) -> None:
         """Consume one token from `fd`, sleeping in poll while there is none."""
-        poller = None
-        while True:
-            try:
-                if os.read(fd, 1):
-                    if self.aborted:
-                        raise Aborted(f"channel {os.path.basename(self.path)} was aborted")
-                    return
-            except BlockingIOError:
-                pass
+        poller = self.pollers[fd]
+        while not poller.poll(_POLL_MS):
             if self.aborted:
                 raise Aborted(f"channel {os.path.basename(self.path)} was aborted")
-            if poller is None:
-                poller = select.poll()
-                poller.register(fd, select.POLLIN)
-            if not poller.poll(_POLL_MS) and idle is not None:
+            if idle is not None:
                 idle()
+        os.read(fd, 1)  # only this side reads this pipe: readable means a token is there
+        if self.aborted:
+            raise Aborted(f"channel {os.path.basename(self.path)} was aborted")
 
     # -- writer --------------------------------------------------------------------
     def send(self, wave: int, finish: bool, items: list, keys=None, idle=None) -> None:
@@ -201,11 +198,8 @@ class Channel:
         if wait:
             self._take_token(self.space_fd, idle)
             self.used -= self.outstanding.popleft()
-        while self.outstanding:
-            try:
-                got = os.read(self.space_fd, len(self.outstanding))
-            except BlockingIOError:
-                return
+        while self.outstanding and self.pollers[self.space_fd].poll(0):
+            got = os.read(self.space_fd, len(self.outstanding))
             for _ in got:
                 self.used -= self.outstanding.popleft()
             if self.aborted:
