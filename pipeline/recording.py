@@ -750,8 +750,9 @@ def export_parquet(recording: str | Path, out: str | Path, streams: list[str] | 
         reader = pa.RecordBatchReader.from_batches(schema, rec.batches(stream))
         target = out / stream
         try:
+            # preserve_order: with threads, pyarrow may otherwise write a stream's rows out of order
             ds.write_dataset(reader, target, format="parquet", existing_data_behavior="delete_matching",
-                             basename_template="part-{i}.parquet")
+                             basename_template="part-{i}.parquet", preserve_order=True)
         except OSError as exc:
             raise DataError(f"cannot write Parquet dataset '{target}': {exc}") from None
         written[stream] = str(target)
