@@ -68,6 +68,13 @@ class OperatorError(ReflexarcError):
     def __reduce__(self):  # crosses process boundaries (Ray) intact
         return (OperatorError, (self.node, self.reason, self.seq))
 
+    @classmethod
+    def of(cls, node: str, exc: BaseException, doing: str = "", seq: int | None = None) -> OperatorError:
+        """`exc`, raised by `node`, as one: our own errors keep their message, others say their type."""
+        if isinstance(exc, ReflexarcError):
+            return cls(node, str(exc), seq)
+        return cls(node, f"{doing}{type(exc).__name__}: {exc}", seq)
+
 
 class DataError(ReflexarcError):
     """Input data (a file, a packet, a frame) is corrupt or does not fit the config."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from pipeline.errors import OperatorError, ReflexarcError
+from pipeline.errors import OperatorError
 from pipeline.graph import Graph
 from pipeline.metrics import NodeMetrics
 from pipeline.operator import emitted
@@ -46,10 +46,8 @@ class Feed:
         for s in self.sources:
             try:
                 s.op.setup()
-            except ReflexarcError as exc:
-                raise OperatorError(s.id, str(exc)) from exc
             except Exception as exc:
-                raise OperatorError(s.id, f"setup failed: {type(exc).__name__}: {exc}") from exc
+                raise OperatorError.of(s.id, exc, "setup failed: ") from exc
             self._setup.append(s)
 
     def results(self) -> dict:
@@ -71,10 +69,8 @@ class Feed:
             return next(gen)
         except StopIteration:
             return None
-        except ReflexarcError as exc:
-            raise OperatorError(node.id, str(exc)) from exc
         except Exception as exc:
-            raise OperatorError(node.id, f"{type(exc).__name__}: {exc}") from exc
+            raise OperatorError.of(node.id, exc) from exc
 
     def _wave(self, sid: str, m: NodeMetrics, port: str, batch) -> tuple[str, list[Item]]:
         """One source batch as a wave: numbered per port, counted, stamped with ingest time."""
@@ -91,10 +87,8 @@ class Feed:
         try:
             for port, batch in gen:
                 yield wave(sid, m, port, batch)
-        except ReflexarcError as exc:
-            raise OperatorError(sid, str(exc)) from exc
         except Exception as exc:
-            raise OperatorError(sid, f"{type(exc).__name__}: {exc}") from exc
+            raise OperatorError.of(sid, exc) from exc
 
     def __iter__(self) -> Iterator[tuple[str, list[Item]]]:
         heap = []

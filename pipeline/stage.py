@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from pipeline.errors import OperatorError, ReflexarcError
+from pipeline.errors import OperatorError
 from pipeline.graph import Graph
 from pipeline.metrics import NodeMetrics
 from pipeline.operator import emitted
@@ -66,10 +66,8 @@ class Stage:
         for n in self.ids:
             try:
                 self.ops[n].setup()
-            except ReflexarcError as exc:
-                raise OperatorError(n, str(exc)) from exc
             except Exception as exc:
-                raise OperatorError(n, f"setup failed: {type(exc).__name__}: {exc}") from exc
+                raise OperatorError.of(n, exc, "setup failed: ") from exc
             self._setup_done.append(n)
         self._hot = self._hot_path()
 
@@ -124,10 +122,8 @@ class Stage:
                 result = op.process(port, batch)
             if result is not None:
                 self._emit(n, emitted(op, result), ingest, pending, out)
-        except ReflexarcError as exc:
-            raise OperatorError(n, str(exc), seq) from exc
         except Exception as exc:
-            raise OperatorError(n, f"{type(exc).__name__}: {exc}", seq) from exc
+            raise OperatorError.of(n, exc, seq=seq) from exc
         m.proc.add(time.perf_counter_ns() - t0)
         if timed_e2e:
             e2e = time.time_ns() - ingest
@@ -143,10 +139,8 @@ class Stage:
         try:
             pairs = emitted(op, op.finish())
             self._emit(n, pairs, time.time_ns(), pending, out)
-        except ReflexarcError as exc:
-            raise OperatorError(n, str(exc)) from exc
         except Exception as exc:
-            raise OperatorError(n, f"finish failed: {type(exc).__name__}: {exc}") from exc
+            raise OperatorError.of(n, exc, "finish failed: ") from exc
 
     def _emit(self, n: str, pairs, ingest: int, pending: dict, out: list) -> None:
         m = self.metrics[n]
