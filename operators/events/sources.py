@@ -129,8 +129,9 @@ class _Batcher:
                 self.layout = records.dtype
         if not records.flags.c_contiguous:
             records = _repack(records)
-        if not K.append_records(records.view(np.uint8), self.block, self.cap, self.n, self.width, self.height,
-                                self.t_last):
+        # np.frombuffer: a uint8 view of the records without `view`'s structured-dtype checks (0.8 vs 2 us)
+        if not K.append_records(np.frombuffer(records, np.uint8), self.block, self.cap, self.n, self.width,
+                                self.height, self.t_last):
             return False
         self.n += k
         self.t_last = int(self.cols[0][self.n - 1])
