@@ -102,6 +102,24 @@ def op_runner(op, bs, schema):
     return run, setup
 
 
+def kernel_runner(kernel, bs, window_us, fresh):
+    """(call, setup): the accumulator's kernel alone over the batches' columns, taken out beforehand:
+    what the operator adds around it (Arrow views, polarity, checks, emitting) is the difference."""
+    from operators.events.columns import polarity, txy
+
+    cols = [(*txy(b), polarity(b)) for b in bs]
+    held = {}
+
+    def setup():
+        held["acc"] = fresh()
+
+    def run():
+        cur, acc = np.int64(-1), held["acc"]
+        for t, x, y, p in cols:
+            _, _, cur, *acc = kernel(t, x, y, p, np.int64(window_us), np.int64(cur), *acc)
+    return run, setup
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 M events instead of 20 M")
@@ -176,12 +194,14 @@ def main() -> int:
 
     print(f"{'kernel':20s} {'ours':>16s}   {'peer':26s} {'peer':>18s} {'ratio':>9s}")
     run, fresh = tonic(T.ToFrame(sensor_size=sensor, time_window=win), n)
+    kf = kernel_runner(K.frames, bs, win, lambda: (np.zeros((2, H, W), np.uint8), np.zeros((2, H, W), np.int64), False))
     measure("to_frames", op_runner(ops.ToFrames(ops.ToFrames.Params(window_us=win)), bs, schema), n,
-            [("tonic ToFrame", run, n, fresh)], f"{win} us windows")
+            [("tonic ToFrame", run, n, fresh), ("kernel alone", kf[0], n, kf[1])], f"{win} us windows")
     # voxel grid: one grid of 5 bins over the whole stream, as tonic makes it
     run, fresh = tonic(T.ToVoxelGrid(sensor_size=sensor, n_time_bins=5), n)
+    kv = kernel_runner(K.voxel_grid, bs, span_us, lambda: (np.zeros((5, H, W), np.float64),))
     measure("to_voxel_grid", op_runner(ops.ToVoxelGrid(ops.ToVoxelGrid.Params(window_us=span_us, bins=5)), bs, schema),
-            n, [("tonic ToVoxelGrid", run, n, fresh)], "5 bins over the stream")
+            n, [("tonic ToVoxelGrid", run, n, fresh), ("kernel alone", kv[0], n, kv[1])], "5 bins over the stream")
     run, fresh = tonic(T.ToTimesurface(sensor_size=sensor, dt=win, tau=20_000.0), n)
 
     def faery_render():
