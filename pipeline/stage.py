@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from time import perf_counter_ns, time_ns
 
 from pipeline.errors import OperatorError
 from pipeline.graph import Graph
@@ -45,6 +46,11 @@ class Stage:
         self.routes = dict(self.routes)
         self.seq: dict[tuple[str, str], int] = defaultdict(int)
         self.headers = {n: getattr(self.ops[n], "wants_header", False) for n in self.ids}
+        # a node whose outputs go nowhere in this stage (a sink; under Ray, any lone node):
+        # an item for it alone needs no topological walk, so `step` hands it straight over
+        fed = {src for src, _ in self.routes}
+        self._direct = {key: dsts[0] for key, dsts in self.routes.items()
+                        if len(dsts) == 1 and dsts[0][0] not in fed}
         self._hot = self._hot_path()
         self._setup_done: list[str] = []
 
@@ -85,6 +91,13 @@ class Stage:
     # -- waves ---------------------------------------------------------------------
     def step(self, items: list[Item]) -> list[Item]:
         """Push one wave of incoming items through the stage; return items that leave it."""
+        if len(items) == 1:  # the common wave: one batch, for one node that feeds no other here
+            item = items[0]
+            dst = self._direct.get((item[0], item[1]))
+            if dst is not None:
+                out: list[Item] = []
+                self._process(dst[0], dst[1], item, None, out)
+                return out
         return self._run(items, flush=False)
 
     def finish(self, items: list[Item]) -> list[Item]:
@@ -111,22 +124,22 @@ class Stage:
 
     def _process(self, n: str, port: str, item: Item, pending: dict, out: list) -> None:
         op, m, wants_header, timed_e2e, budget = self._hot[n]
-        batch, seq, ingest = item[2], item[3], item[4]
+        src, src_port, batch, seq, ingest = item
         m.batches_in += 1
         m.items_in += batch.num_rows
-        t0 = time.perf_counter_ns()
+        t0 = perf_counter_ns()
         try:
             if wants_header:
-                result = op.process(port, batch, Header(f"{item[0]}.{item[1]}", seq, ingest))
+                result = op.process(port, batch, Header(f"{src}.{src_port}", seq, ingest))
             else:
                 result = op.process(port, batch)
             if result is not None:
                 self._emit(n, emitted(op, result), ingest, pending, out)
         except Exception as exc:
             raise OperatorError.of(n, exc, seq=seq) from exc
-        m.proc.add(time.perf_counter_ns() - t0)
+        m.proc.add(perf_counter_ns() - t0)
         if timed_e2e:
-            e2e = time.time_ns() - ingest
+            e2e = time_ns() - ingest
             m.e2e.add(e2e)
             if budget is not None and e2e > budget * 1e6:
                 m.budget_misses += 1

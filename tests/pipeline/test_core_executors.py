@@ -206,3 +206,54 @@ def test_count_sink_result_does_not_depend_on_batching(cuts):
     res = run(g).results["s"]
     assert res["items"] == 120
     assert res["t_sum"] == int(sch.column(whole, "t").sum())
+
+
+def test_a_lone_item_for_a_node_that_feeds_no_other_goes_straight_to_it():
+    # Stage.step hands a one-item wave for a sink (or, under Ray, a lone node) straight
+    # to the node; it must give what the topological walk gives
+    from pipeline.stage import Stage
+
+    batches = _batches(3, 10)
+    g = _chain(batches, fan_out=False)
+    g.check()
+    direct, walked = Stage(g, ["a"]), Stage(g, ["a"])
+    assert direct._direct == {("src", "out"): ("a", "in")}
+    assert Stage(g, ["a", "b"])._direct == {("a", "out"): ("b", "in")}  # a feeds b: walked
+    for seq, b in enumerate(batches):
+        item = ("src", "out", b, seq, 0)
+        got, want = direct.step([item]), walked._run([item], flush=False)
+        assert [i[:2] + i[3:4] for i in got] == [i[:2] + i[3:4] for i in want] == [("a", "out", seq)]
+        assert got[0][2] is want[0][2] is b
+    for key in ("batches_in", "items_in", "batches_out", "items_out"):
+        assert direct.snapshots()[0][key] == walked.snapshots()[0][key]
+
+
+def test_a_lone_max_paced_source_numbers_every_form_it_yields():
+    # the lone-source loop handles (port, batch) pairs itself and the rest through `emitted`
+    from pipeline.feed import Feed
+    from pipeline.operator import Source
+
+    batches = _batches(4, 5)
+
+    class Mixed(Source):
+        name = "mixed_forms"
+        outputs = {"out": "any"}
+
+        def schemas(self, inputs):
+            return {"out": batches[0].schema}
+
+        def generate(self):
+            yield batches[0]
+            yield ("out", batches[1])
+            yield [("out", batches[2]), ("out", batches[3])]
+
+    g = Graph("mixed")
+    g.add("src", Mixed())
+    g.add("n", "count_sink", inputs={"in": "src.out"})
+    g.check()
+    feed = Feed(g)
+    waves = list(feed)
+    assert [items[0][3] for _, items in waves] == [0, 1, 2, 3]
+    assert all(items[0][2] is b for (_, items), b in zip(waves, batches))
+    assert feed.metrics["src"].batches_out == 4 and feed.metrics["src"].items_out == 20
+    assert feed.seq == {("src", "out"): 4}
