@@ -696,12 +696,21 @@ class Recording:
     def batches(self, stream: str) -> Iterator[pa.RecordBatch]:
         """The stream's batches in order across its segments (memory-mapped, streamed)."""
         self._need(stream)
+        return self._batches(stream)
+
+    def _batches(self, stream: str) -> Iterator[pa.RecordBatch]:
+        # `StreamFile.batches` written out: one generator frame per batch, not two
         for name in self.files[stream]:
             f = StreamFile(self.folder / name)
-            yield from f.batches()
-            if f.error:
-                log.warning("stream '%s': '%s' is %s", stream, f.path, f.error)
-                return
+            read = f.open().read_next_batch
+            while True:
+                try:
+                    yield read()
+                except StopIteration:
+                    break
+                except _READ_ERRORS as exc:
+                    log.warning("stream '%s': '%s' is cut off after its last whole batch (%s)", stream, f.path, exc)
+                    return
 
     def table(self, stream: str) -> pa.Table:
         return pa.Table.from_batches(list(self.batches(stream)), schema=self.schema(stream))

@@ -73,6 +73,8 @@ class Replay(Source):
         return {port: rec.schema(stream) for port, stream in self.ports.items()}
 
     def generate(self):
+        # not a generator itself: the recording is opened (and a missing stream reported)
+        # at once, and an unlooped replay hands back its iterator, one frame fewer per batch
         rec = Recording(self.params.dir)
         for stream in self.ports.values():
             rec.schema(stream)  # a clear error for a stream the recording lacks
@@ -82,9 +84,10 @@ class Replay(Source):
         if not self.params.start_s:
             start = None  # from the first batch: nothing to skip or slice
         if not self.params.loop:
-            # handed on as they come: no per-batch work in this frame at all
-            yield from self._merged(rec, start)
-            return
+            return self._merged(rec, start)  # handed on as they come: no per-batch work here
+        return self._looped(rec, start, period)
+
+    def _looped(self, rec: Recording, start: int | None, period: int):
         offset = 0
         while True:
             played = 0
@@ -100,8 +103,10 @@ class Replay(Source):
         iters = [(port, _from(rec.batches(stream), start)) for port, stream in self.ports.items()]
         if len(iters) == 1:  # nothing to merge: no per-batch timestamp lookups (zip pairs in C)
             port, it = iters[0]
-            yield from zip(repeat(port), it)
-            return
+            return zip(repeat(port), it)
+        return self._merging(iters)
+
+    def _merging(self, iters: list):
         heap = []
         last = [-(2**63)] * len(iters)
         for rank, (_port, it) in enumerate(iters):
