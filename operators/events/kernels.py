@@ -230,6 +230,11 @@ def voxel_grid(t, x, y, p, window_us, cur_win, acc):
     window_us and adds its polarity (+1 ON, -1 OFF) to bins floor(s) and floor(s)+1
     with weights 1 - frac(s) and frac(s). `acc` (B, H, W) float64 is the open window,
     updated in place. Returns (done, first_win, cur_win, acc) like `frames`.
+
+    t is sorted, so each window's events are found by binary search, and within a window
+    the events of each lower bin too (`_bin_end`); the adding loop then has the bin as a
+    constant. Computing floor(s) per event put a float-to-int conversion on the path to
+    every write's address, and the writes waited for it: 2.5x slower with the map in L1.
     """
     b, h, w = acc.shape
     if t.shape[0] == 0:
@@ -238,28 +243,59 @@ def voxel_grid(t, x, y, p, window_us, cur_win, acc):
     out = np.empty((last_win - first, b, h, w), np.float64)
     flat = acc.reshape(-1)
     hw = h * w
-    cur = first
-    start = cur * window_us
-    end = start + window_us
+    n = t.shape[0]
     scale = (b - 1) / window_us
-    for i in range(t.shape[0]):
-        if t[i] >= end:
-            k = t[i] // window_us
-            while cur < k:
-                out[cur - first] = acc
-                acc[:] = 0.0
-                cur += 1
-            start = cur * window_us
-            end = start + window_us
-        s = (t[i] - start) * scale
-        lo = np.intp(s)  # s >= 0, so truncation is floor; s < B - 1, so bin lo + 1 exists
-        frac = s - lo
-        v = 1.0 if p[i] else -1.0
-        j = lo * hw + np.intp(y[i]) * w + np.intp(x[i])
-        flat[j] += v * (1.0 - frac)
-        if lo + 1 < b:  # only B = 1 has no second bin
-            flat[j + hw] += v * frac
+    cur = first
+    i = 0
+    while True:
+        j = _window_end(t, i, (cur + 1) * window_us)
+        start = cur * window_us
+        while i < j:  # the window's events, one lower bin at a time
+            lo = np.intp((t[i] - start) * scale)
+            e = _bin_end(t, i + 1, j, start, scale, lo)
+            _voxel_add(t, x, y, p, i, e, start, scale, lo, b, flat, hw, w)
+            i = e
+        if j == n:
+            break
+        k = t[j] // window_us
+        while cur < k:  # close the open window (and any empty ones after it)
+            out[cur - first] = acc
+            acc[:] = 0.0
+            cur += 1
     return out, first, last_win, acc
+
+
+@_jit
+def _bin_end(t, a, b, start, scale, lo):
+    """The first index in [a, b) whose position (t - start) * scale lies past bin `lo` (t sorted).
+
+    The same expression as in `_voxel_add`, so the split agrees with it event by event.
+    """
+    while a < b:
+        m = (a + b) >> 1
+        if np.intp((t[m] - start) * scale) > lo:
+            b = m
+        else:
+            a = m + 1
+    return a
+
+
+@_jit
+def _voxel_add(t, x, y, p, a, b, start, scale, lo, nbins, flat, hw, w):
+    """Adds events a..b-1, all with floor(s) == lo, to bins lo and lo + 1 of the flat grid."""
+    base = lo * hw
+    if lo + 1 < nbins:
+        for i in range(a, b):
+            frac = (t[i] - start) * scale - lo
+            v = 1.0 if p[i] else -1.0
+            c = base + np.intp(y[i]) * w + np.intp(x[i])
+            flat[c] += v * (1.0 - frac)
+            flat[c + hw] += v * frac
+    else:  # B = 1, or s rounded up to B - 1: no bin above
+        for i in range(a, b):
+            frac = (t[i] - start) * scale - lo
+            v = 1.0 if p[i] else -1.0
+            flat[base + np.intp(y[i]) * w + np.intp(x[i])] += v * (1.0 - frac)
 
 
 @_jit

@@ -117,6 +117,20 @@ def test_accumulator_matches_reference(name):
     assert f.dtype == np.float32
 
 
+@pytest.mark.parametrize(("bins", "window_us"), [(1, 7000), (2, 7000), (7, 3), (5, 10_000_019)])
+def test_voxel_grid_bins_split_like_the_twin(bins, window_us):
+    """The voxel kernel finds each lower bin's events by binary search over the same
+    expression the adding loop uses: one bin (no upper neighbour), windows of 3 us (every
+    event its own bin run), and a window so long that the last position rounds near B - 1."""
+    cols = stream(11, n=900, span_us=60_000)
+    cols[0][450:] += 40_000  # empty windows between
+    t, f = frames_of(run_op(ops.ToVoxelGrid(ops.ToVoxelGrid.Params(window_us=window_us, bins=bins)),
+                            cut(cols, [1, 300, 301, 700])))
+    rt, rf = naive.voxel(*cols, W, H, window_us, bins)
+    np.testing.assert_array_equal(t, rt)
+    np.testing.assert_array_equal(f, rf)
+
+
 def test_frames_count_past_small_counts_exactly():
     """to_frames counts in uint8 and carries wraps into a spill map: 2 x 65,536 + 7 events at
     one pixel and polarity (past uint16 too), in windows that close mid-batch and in the last
