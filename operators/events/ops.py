@@ -418,8 +418,9 @@ class Accumulator(EventOperator):
     acc_dtype = np.float32
 
     def open_window(self) -> np.ndarray:
-        """The open window's tensor, (1, *shape), for `finish`."""
-        return self.acc[0][None].copy()
+        """The open window's tensor, (1, *shape), for `finish`: a view, since emitting converts it
+        to float32 (a copy unless it already is) and `finish` starts a fresh map after it."""
+        return self.acc[0][None]
 
     def out_schema(self, schema):
         return sch.frames_schema(self.shape(), "float32")
