@@ -411,3 +411,52 @@ def test_replaying_a_stream_the_recording_lacks(tmp_path):
         g.add("rep", "replay", dir=str(tmp_path / "r"), streams=["imu.out"])
         g.add("n", "count_sink", inputs={"in": "rep.imu__out"})
         g.check()
+
+
+_CHURN = """
+import resource, sys
+import numpy as np
+from pipeline.recording import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory(64)
+kept = []
+def churn(n):  # batch-sized arrays and a temporary each, the last 8 kept (a queue's worth)
+    global kept
+    for _ in range(n):
+        a = np.ones(131072)
+        b = a.astype(np.float32)
+        kept.append(b)
+        kept = kept[-8:]
+churn(50)
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+churn(400)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"),
+                    reason="glibc's mallopt only")
+def test_keeping_freed_memory_stops_batches_that_wait_from_faulting_pages_back_in():
+    # what a background tap's `malloc_keep_mb` is for, in a fresh process each way
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _CHURN, mode], capture_output=True, text=True, timeout=120,
+                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    kept, default = faults("keep"), faults("default")
+    assert kept < 100 < default
+
+
+def test_only_a_background_tap_sets_the_allocator_and_none_leaves_it(tmp_path, monkeypatch):
+    from pipeline import recording
+
+    calls = []
+    monkeypatch.setattr(recording, "keep_freed_memory", lambda mb: calls.append(mb) or True)
+    for k, options in enumerate([{}, {"malloc_keep_mb": 128}, {"malloc_keep_mb": None}, {"background": False}]):
+        g = Graph("alloc")
+        g.add("src", ListSource.of(_events(2)))
+        g.add("n", "count_sink", inputs={"in": "src.out"})
+        g.tap(["src.out"], tmp_path / f"r{k}", **options)
+        run(g)
+    assert calls == [64.0, 128]
