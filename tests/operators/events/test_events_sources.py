@@ -302,3 +302,16 @@ def test_batcher_cuts_aligned_windows_across_packets():
             out += list(b.ready())
     out += list(b.flush())
     assert [sch.column(o, "t").tolist() for o in out] == [[1, 5, 9], [12], [25, 26, 27], [40]]
+
+
+def test_batcher_takes_a_strided_packet_like_its_copy():
+    """A packet that is a strided view (not contiguous) is repacked, not read as packed bytes."""
+    from operators.events.sources import _Batcher
+
+    rec = _records(np.arange(10, 30), x=np.arange(20) % 7)
+    a, b = _Batcher(sch.events_schema(8, 8), None, 100), _Batcher(sch.events_schema(8, 8), None, 100)
+    assert a.append(rec[::3]) and b.append(rec[::3].copy())
+    got, want = cols(list(a.flush())), cols(list(b.flush()))
+    for k in "txyp":
+        np.testing.assert_array_equal(got[k], want[k])
+    np.testing.assert_array_equal(got["t"], np.arange(10, 30)[::3])
