@@ -33,8 +33,10 @@ OUT = ROOT / "benchmarks" / "results" / "runtime_dora.json"
 VENV_BIN = Path(sys.executable).parent
 BYTES_PER_EVENT = 13
 SIZES = (1024, 65536)
-# latency pacing: well above the 4-stage service time per batch so queues stay empty
-PERIOD_S = {1024: 0.005, 65536: 0.025}
+# latency pacing: well above the 4-stage service time per batch so queues stay empty, and the
+# same 20 ms that bench_runtime.py uses for our executors and the Ray peers (equal idle gaps:
+# how cold a woken process is depends on how long it slept)
+PERIOD_S = {1024: 0.020, 65536: 0.020}
 THR_REPEATS = 3
 
 SOURCE = textwrap.dedent(

@@ -54,13 +54,14 @@ def chain(batches, hops: int, gap_ms: float | None = None) -> Graph:
     return g
 
 
-GAP_S = 0.020  # latency runs, ours and the peers': batches 20 ms apart, so no queueing
+GAP_S = 0.020  # latency runs, ours and the peers' (dora too): batches 20 ms apart, so no queueing
+LATENCY_BATCHES = 150  # per latency run: enough that one slow wake-up does not move the p50
 
 
 def ours_latency(executor: str, batches, **opts) -> dict:
     lat = {}
     for hops in (1, 4):
-        res = run(chain(batches[:40], hops, gap_ms=GAP_S * 1e3), executor, **opts)
+        res = run(chain(batches[:LATENCY_BATCHES], hops, gap_ms=GAP_S * 1e3), executor, **opts)
         lat[hops] = res.node("sink")["e2e_latency"]
     per_hop = {k: max(0.0, (lat[4][k] - lat[1][k]) / 3) for k in ("p50_ms", "p99_ms")}
     return {"per_hop_p50_ms": per_hop["p50_ms"], "per_hop_p99_ms": per_hop["p99_ms"], "sink_1hop": lat[1], "sink_4hop": lat[4]}
