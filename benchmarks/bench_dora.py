@@ -179,8 +179,11 @@ def dora_version() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer messages/batches")
+    ap.add_argument("--gap-ms", type=float, default=None, help="latency pacing for both payloads (default 20)")
     args = ap.parse_args()
     lat_count = 60 if args.quick else 300
+    if args.gap_ms is not None:
+        PERIOD_S.update({n: args.gap_ms / 1e3 for n in PERIOD_S})
     thr_counts = {1024: 300, 65536: 100} if args.quick else {1024: 3000, 65536: 500}
     result: dict = {
         "runtime": "dora-rs",

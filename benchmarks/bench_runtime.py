@@ -166,9 +166,9 @@ def compiled_ray(batches) -> dict:
             "chain4_events_per_s": sum(b.num_rows for b in batches) / wall}
 
 
-def run_dora(quick: bool) -> dict:
+def run_dora(quick: bool, gap_ms: float) -> dict:
     """dora-rs, the robotics dataflow peer, through bench_dora.py in its own processes."""
-    cmd = [sys.executable, str(Path(__file__).with_name("bench_dora.py"))] + (["--quick"] if quick else [])
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_dora.py"))] + (["--quick"] if quick else []) + ["--gap-ms", str(gap_ms)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     out = Path(__file__).parent / "results" / "runtime_dora.json"
     if done.returncode != 0 or not out.exists():
@@ -210,11 +210,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--executors", default="local,ray,ray-compiled,ray-shm", help="ours to measure (comma list)")
+    ap.add_argument("--gap-ms", type=float, default=GAP_S * 1e3,
+                    help="latency runs: ms between batches, for ours and every peer (default 20)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "runtime.json"))
     args = ap.parse_args()
     rows = args.executors.split(",")
+    global GAP_S
+    GAP_S = args.gap_ms / 1e3
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    report = {"machine": f"{os.cpu_count()} cores", "load_start": os.getloadavg(), "payloads": {}}
+    report = {"machine": f"{os.cpu_count()} cores", "load_start": os.getloadavg(), "latency_gap_ms": args.gap_ms,
+              "payloads": {}}
     try:
         for n in (1024, 65536):
             count = 50 if args.quick else 200
@@ -242,7 +247,7 @@ def main() -> None:
             print(json.dumps({n: {k: v for k, v in row.items()}}, indent=1, default=str))
     finally:
         ray.shutdown()
-    dora = run_dora(args.quick)
+    dora = run_dora(args.quick, args.gap_ms)
     report["peer_dora_rs"] = dora
     for n in (1024, 65536):
         row = report["payloads"][f"{n}_events"]
