@@ -207,6 +207,7 @@ def ratios(row: dict, dora: dict, n: int) -> dict:
 
 
 def main() -> None:
+    global GAP_S
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--executors", default="local,ray,ray-compiled,ray-shm", help="ours to measure (comma list)")
@@ -215,7 +216,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "runtime.json"))
     args = ap.parse_args()
     rows = args.executors.split(",")
-    global GAP_S
     GAP_S = args.gap_ms / 1e3
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     report = {"machine": f"{os.cpu_count()} cores", "load_start": os.getloadavg(), "latency_gap_ms": args.gap_ms,
