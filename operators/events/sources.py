@@ -96,7 +96,8 @@ class _Batcher:
         self.n = 0
         self.due = False  # a batch is complete: call ready()
         self.layout = None  # the records' dtype, once checked (a decoder keeps one; checking costs µs)
-        self._fresh((self.batch_events or DEFAULT_BATCH_EVENTS) + 8192)  # grows if a window needs more
+        # windows start at 65,536 events and grow when one needs more
+        self._fresh((self.batch_events or 65_536) + 8192)
 
     def _fresh(self, cap: int, keep_from: int | None = None):
         """New columns for `cap` events (one block); the events from `keep_from` on move over."""

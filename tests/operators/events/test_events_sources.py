@@ -315,3 +315,18 @@ def test_batcher_takes_a_strided_packet_like_its_copy():
     for k in "txyp":
         np.testing.assert_array_equal(got[k], want[k])
     np.testing.assert_array_equal(got["t"], np.arange(10, 30)[::3])
+
+
+def test_batcher_grows_for_a_window_longer_than_its_first_block():
+    """With batch_us, a window holding more events than the first block (65,536 + 8,192)
+    moves them to a larger block and loses none."""
+    from operators.events.sources import _Batcher
+
+    b = _Batcher(sch.events_schema(8, 8), 1_000_000, None)
+    t = np.arange(100_000)
+    for a in range(0, len(t), 4096):
+        assert b.append(_records(t[a : a + 4096]))
+    assert b.append(_records([1_000_000]))  # the next window: the first is complete
+    out = list(b.ready()) + list(b.flush())
+    assert [o.num_rows for o in out] == [100_000, 1]
+    np.testing.assert_array_equal(cols(out)["t"], np.append(t, 1_000_000))
