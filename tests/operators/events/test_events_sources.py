@@ -69,11 +69,14 @@ def cols(batches):
     return {k: np.concatenate([sch.column(b, k) for b in batches]) for k in "txyp"}
 
 
-def test_aedat4_source_reads_every_event_with_sensor_size(recording):
+@pytest.mark.parametrize("batching", [dict(batch_us=20_000), {}, dict(batch_events=777)])
+def test_aedat4_source_reads_every_event_with_sensor_size(recording, batching):
+    """Packets coalesced into batches (by window, the default count, an odd count) hold
+    exactly the decoder's events, packet after packet."""
     import aedat
 
     path, _ = recording
-    src = Aedat4Source(Aedat4Source.Params(path=str(path), batch_us=20_000))
+    src = Aedat4Source(Aedat4Source.Params(path=str(path), **batching))
     result, _ = collect(src)
     batches = result.results["sink"]["batches"]
     assert sch.fact(batches[0].schema, "width") == 40 and sch.fact(batches[0].schema, "height") == 30
@@ -81,10 +84,14 @@ def test_aedat4_source_reads_every_event_with_sensor_size(recording):
     ref = np.concatenate([pk["events"] for pk in aedat.Decoder(str(path)) if "events" in pk])
     np.testing.assert_array_equal(got["t"], ref["t"].astype(np.int64))
     np.testing.assert_array_equal(got["x"], ref["x"])
+    np.testing.assert_array_equal(got["y"], ref["y"])
     np.testing.assert_array_equal(got["p"], ref["on"])
     for b in batches:
         t = sch.column(b, "t")
-        assert t[0] // 20_000 == t[-1] // 20_000
+        if "batch_us" in batching:
+            assert t[0] // 20_000 == t[-1] // 20_000
+        else:
+            assert b.num_rows <= batching.get("batch_events", 262_144)
 
 
 def test_aedat4_source_batch_events(recording):
