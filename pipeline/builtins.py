@@ -114,6 +114,7 @@ class CountSink(Operator):
         self.items = 0
         self.t_sum = 0
         self.t_last = None
+        self._delay_s = self.params.delay_ms / 1000.0  # looked up once, not per batch
 
     def setup(self):
         if self.params.path:
@@ -125,8 +126,8 @@ class CountSink(Operator):
                 raise DataError(f"count_sink cannot write '{target}': {exc.strerror}") from None
 
     def process(self, port, batch):
-        if self.params.delay_ms:
-            time.sleep(self.params.delay_ms / 1000.0)
+        if self._delay_s:
+            time.sleep(self._delay_s)
         self.batches += 1
         rows = batch.num_rows
         self.items += rows
@@ -140,7 +141,7 @@ class CountSink(Operator):
                 except pa.ArrowInvalid:  # nulls or booleans: the general path
                     t = sch.column(batch, "t")
                 self.t_sum += int(t.sum())
-                self.t_last = int(t[-1])
+                self.t_last = int(t.item(-1))  # no NumPy scalar on the way
 
     def state(self):
         return {"batches": self.batches, "items": self.items, "t_sum": self.t_sum, "t_last": self.t_last}
