@@ -27,9 +27,10 @@ Targets (issue 5): replay within 1.2x of raw pyarrow; a tap costs <= 5%.
     .venv/bin/python benchmarks/bench_replay.py             # >= 2 GB, a few minutes
 
     .venv/bin/python benchmarks/bench_replay.py --tap-only  # the tap part alone, into /dev/shm
+    .venv/bin/python benchmarks/bench_replay.py --tap-only --malloc-keep-mb none  # glibc as it comes
 
 Writes benchmarks/results/replay.json (replay_quick.json with --quick, replay_tap.json with
---tap-only).
+--tap-only, replay_tap_malloc_default.json with --tap-only --malloc-keep-mb none).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def _drop(self, track, batch, header) -> None:
     """Record._append for the `handoff` mode: the writer thread takes the batch and drops it."""
 
 
-def _live(tap: str, tap_dir: Path, events: int, batch_items: int, work_op: str):
+def _live(tap: str, tap_dir: Path, events: int, batch_items: int, work_op: str, keep_mb: float | None = 64.0):
     """(wall s, process CPU s, pipeline thread CPU s, process minor faults, thread minor faults)."""
     g = Graph("bench_live")
     g.add("cam", "synthetic", rate_hz=RATE_HZ, duration_s=events / RATE_HZ, batch_items=batch_items)
@@ -139,7 +140,7 @@ def _live(tap: str, tap_dir: Path, events: int, batch_items: int, work_op: str):
     g.add("n", "count_sink", inputs={"in": "mid.out"})
     if tap != "none":
         shutil.rmtree(tap_dir, ignore_errors=True)
-        g.tap(["cam.out"], tap_dir, background=tap != "sync")
+        g.tap(["cam.out"], tap_dir, background=tap != "sync", malloc_keep_mb=keep_mb)
     append = Record._append
     if tap == "handoff":
         Record._append = _drop
@@ -202,18 +203,22 @@ def bench_replay(work: Path, events: int, batch_items: int, repeats: int, aedat_
     return out
 
 
-def bench_tap(where: Path, events: int, batch_items: int, repeats: int, work_op: str) -> dict:
+def bench_tap(where: Path, events: int, batch_items: int, repeats: int, work_op: str,
+              keep_mb: float | None = RecordParams.model_fields["malloc_keep_mb"].default) -> dict:
     modes = ("none", "handoff", "thread", "sync")
     runs: dict[str, list] = {m: [] for m in modes}
     loads = []
     # a background tap sets glibc's thresholds for the whole process (`malloc_keep_mb`) and
     # they stay set: set them before the first run, so every mode runs under the same ones
-    keep_mb = RecordParams.model_fields["malloc_keep_mb"].default
-    allocator = f"glibc keeps {keep_mb:g} MB freed (mallopt), in every mode" if keep_freed_memory(keep_mb) else "as it came"
+    # (`--malloc-keep-mb none`, in a fresh process: glibc's own sliding thresholds throughout)
+    if keep_mb is not None and keep_freed_memory(keep_mb):
+        allocator = f"glibc keeps {keep_mb:g} MB freed (mallopt), in every mode"
+    else:
+        allocator = "glibc's defaults" + (" (unless an earlier tap in this process set them)" if keep_mb is None else "")
     _live("none", where / "tap", events // 10, batch_items, work_op)  # warm-up (Numba compiles here)
     for _ in range(repeats):  # interleaved rounds
         for mode in modes:
-            runs[mode].append(_live(mode, where / "tap", events, batch_items, work_op))
+            runs[mode].append(_live(mode, where / "tap", events, batch_items, work_op, keep_mb))
         loads.append(os.getloadavg()[0])
     shutil.rmtree(where / "tap", ignore_errors=True)
     med = {m: [_median([r[i] for r in rs]) for i in range(5)] for m, rs in runs.items()}
@@ -259,6 +264,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="where the recordings go (default: a temp folder)")
     ap.add_argument("--no-aedat", action="store_true", help="skip the AEDAT4 peer (writing it is slow)")
     ap.add_argument("--tap-only", action="store_true", help="only the recorder tap part, into /dev/shm")
+    ap.add_argument("--malloc-keep-mb", default="64", help="the tap's malloc_keep_mb, or 'none': glibc's own "
+                    "thresholds (with --tap-only, written to replay_tap_malloc_default.json)")
     args = ap.parse_args()
     # synthetic events take ~12.1 bytes each in IPC (int64 t, 2x uint16, bit-packed p)
     events = 16_500_000 if args.quick else 170_000_000
@@ -288,12 +295,14 @@ def main() -> None:
             work_ops.append("background_filter")  # a real event kernel (operators.events, Numba)
         except Exception:
             pass
-        report["tap"] = [bench_tap(where, events // (4 if args.quick else 20), items, 7, op)
+        keep_mb = None if args.malloc_keep_mb.lower() == "none" else float(args.malloc_keep_mb)
+        report["tap"] = [bench_tap(where, events // (4 if args.quick else 20), items, 7, op, keep_mb)
                          for op in work_ops for where in targets for items in (65536, 4096)]
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    results = RESULTS.with_name("replay_tap.json" if args.tap_only else "replay_quick.json") if (
+    tap_name = "replay_tap_malloc_default.json" if args.malloc_keep_mb.lower() == "none" else "replay_tap.json"
+    results = RESULTS.with_name(tap_name if args.tap_only else "replay_quick.json") if (
         args.quick or args.tap_only) else RESULTS
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(report, indent=2))
