@@ -96,11 +96,6 @@ class RecordParams(Params):
     background: bool = Field(True, description="write from a thread, off the pipeline's path")
     queue_batches: int = Field(64, ge=1, description="batches queued for the writer thread before the pipeline waits")
     flush_ms: float = Field(5.0, gt=0, le=1000, description="how often the writer thread takes up queued batches")
-    sync_below_kb: float = Field(
-        0.0, ge=0,
-        description="with a writer thread, write a batch smaller than this on the pipeline's thread when "
-                    "nothing is queued (0: never)",
-    )
     malloc_keep_mb: float | None = Field(
         64.0, ge=1, le=2047,
         description="with a writer thread, have glibc keep this much freed memory (process-wide; None: leave it)",
@@ -204,8 +199,6 @@ class Record(Operator):
         self._kick = None  # wakes the writer before its next `flush_ms` tick
         self._waiting = self._closing = False
         self._limit = self.params.queue_batches  # read once per batch: a plain attribute
-        self._sync_below = int(self.params.sync_below_kb * 1024)
-        self._lock = None  # held by whoever writes: the writer thread's drain, or a synchronous write
 
     def schemas(self, inputs):
         self._schemas = {self._stream_of[p]: sch.unstamp(s) for p, s in inputs.items()}
@@ -249,7 +242,6 @@ class Record(Operator):
                 keep_freed_memory(self.params.malloc_keep_mb)
             self._pending = deque()
             self._room, self._kick = threading.Event(), threading.Event()
-            self._lock = threading.Lock()
             self._closing = self._waiting = False
             self._thread = threading.Thread(target=self._drain, name=f"record:{self.params.dir}", daemon=True)
             self._thread.start()
@@ -292,17 +284,6 @@ class Record(Operator):
         if pending is None:
             self._write(self._track_by_port[port], batch, header)
             return
-        # A small batch, with nothing queued and the writer idle, is written here and now:
-        # the writer holds the lock from before it takes a batch until it sees the queue
-        # empty, so this write can never overtake one it has taken (order on disk = arrival).
-        # (get_total_buffer_size: ~0.6 us; `nbytes` walks the arrays, ~21 us at 4096 events)
-        if (not pending and self._sync_below and batch.get_total_buffer_size() < self._sync_below
-                and self._lock.acquire(False)):
-            try:
-                self._write_now(self._track_by_port[port], batch, header)
-            finally:
-                self._lock.release()
-            return
         pending.append((self._track_by_port[port], batch, header))
         if len(pending) >= self._limit:
             self._wait_for_room()
@@ -320,17 +301,6 @@ class Record(Operator):
                 self._room.wait(0.05)  # the writer sets it; the timeout only bounds a missed wake-up
         finally:
             self._waiting = False
-        if self._error is not None:
-            raise self._error
-
-    def _write_now(self, track: _Track, batch: pa.RecordBatch, header) -> None:
-        """A synchronous write beside a writer thread; fails as the writer's would."""
-        try:
-            self._write(track, batch, header)
-        except DataError as exc:
-            self._error = exc
-        except Exception as exc:  # disk full, permissions changed under us
-            self._error = DataError(f"recording into '{self.params.dir}' failed: {exc}")
         if self._error is not None:
             raise self._error
 
@@ -397,39 +367,33 @@ class Record(Operator):
         The time range is noted once per stream per wake-up, from the first and last batch
         taken (sensor time runs forward within a stream), not for every batch.
         """
-        pending, kick, lock, tick = self._pending, self._kick, self._lock, self.params.flush_ms / 1000
+        pending, kick, tick = self._pending, self._kick, self.params.flush_ms / 1000
         while True:
             kick.wait(tick)
             kick.clear()
             closing = self._closing  # read before draining: what was queued before close is written
-            if pending:
-                with lock:  # from before the first batch taken until the queue is seen empty
-                    self._drain_once(pending)
+            ends: dict = {}  # track -> [first, last] non-empty batch written in this wake-up
+            while pending:
+                track, batch, header = pending.popleft()
+                if self._error is None:  # after an error, keep draining so the pipeline never blocks
+                    try:
+                        self._append(track, batch, header)
+                        if batch.num_rows:
+                            end = ends.get(track)
+                            if end is None:
+                                ends[track] = [batch, batch]
+                            else:
+                                end[1] = batch
+                    except DataError as exc:
+                        self._error = exc
+                    except Exception as exc:  # disk full, permissions changed under us
+                        self._error = DataError(f"recording into '{self.params.dir}' failed: {exc}")
+                if self._waiting:
+                    self._room.set()
+            for track, (first, last) in ends.items():
+                self._note_times(track, first, last)
             if closing:
                 return
-
-    def _drain_once(self, pending: deque) -> None:
-        """Write what has queued, in order, until the queue is empty (the caller holds the lock)."""
-        ends: dict = {}  # track -> [first, last] non-empty batch written in this wake-up
-        while pending:
-            track, batch, header = pending.popleft()
-            if self._error is None:  # after an error, keep draining so the pipeline never blocks
-                try:
-                    self._append(track, batch, header)
-                    if batch.num_rows:
-                        end = ends.get(track)
-                        if end is None:
-                            ends[track] = [batch, batch]
-                        else:
-                            end[1] = batch
-                except DataError as exc:
-                    self._error = exc
-                except Exception as exc:  # disk full, permissions changed under us
-                    self._error = DataError(f"recording into '{self.params.dir}' failed: {exc}")
-            if self._waiting:
-                self._room.set()
-        for track, (first, last) in ends.items():
-            self._note_times(track, first, last)
 
     def _rotate_due(self, track: _Track, t0: int | None) -> bool:
         p = self.params
