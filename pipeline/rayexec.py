@@ -138,6 +138,41 @@ class StageActor:
         return [str(e) for e in self.stage.close()]
 
 
+def _semaphores() -> set[str]:
+    """The POSIX named semaphores in /dev/shm (empty where there is none)."""
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("sem.")}
+    except OSError:
+        return set()
+
+
+def _remove_leaked_semaphores(before: set[str], wait_s: float = 5.0) -> None:
+    """Unlink the named semaphores a Ray session's compiled graphs left behind.
+
+    The raylet's channels for compiled graphs create `sem.hdr<pid>-...` / `sem.obj<pid>-...`
+    pairs in /dev/shm (16 pairs for a small chain) and nothing unlinks them, not even
+    `ray.shutdown()`. Called after a session this run started has shut down: the names
+    that appeared since `before` and whose process has exited (up to `wait_s` is given
+    for it to go) are removed; a live process's names are left alone.
+    """
+    fresh: dict[str, list[str]] = {}
+    for name in _semaphores() - before:
+        pid = name[len("sem.hdr"):].split("-", 1)[0]
+        if pid.isdigit():
+            fresh.setdefault(pid, []).append(name)
+    deadline = time.monotonic() + wait_s
+    while any(os.path.exists(f"/proc/{pid}") for pid in fresh) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid, names in fresh.items():
+        if os.path.exists(f"/proc/{pid}"):
+            continue
+        for name in names:
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+            except OSError:
+                pass
+
+
 def plan_groups(graph: Graph, fuse: str | None) -> list[list[str]]:
     """Non-source nodes grouped into actors: per node, by `fuse:` keys, or linear chains."""
     members = [n for n in graph.order if not graph.nodes[n].is_source]
@@ -507,6 +542,9 @@ def run_ray(
     own = not ray.is_initialized()
     if transport not in ("calls", "compiled", "shm"):
         raise ConfigError(f"unknown Ray transport '{transport}' (expected calls, compiled or shm)")
+    # a session of our own is shut down at the end, and then what its compiled graphs left
+    # in /dev/shm can go (a shared session's raylet still holds them)
+    semaphores = _semaphores() if own and transport == "compiled" else None
     if own:
         ray.init(num_cpus=num_cpus or 2, include_dashboard=False, log_to_driver=True)
     groups = plan_groups(graph, fuse)
@@ -547,6 +585,8 @@ def run_ray(
             ray.kill(a, no_restart=True)
         if own:
             ray.shutdown()
+            if semaphores is not None:
+                _remove_leaked_semaphores(semaphores)
     if failures:
         raise OperatorError("close", failures[0])
     results: dict = feed.results()

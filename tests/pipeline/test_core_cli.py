@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline.cli import main
@@ -100,3 +101,34 @@ def test_failed_ray_run_exits_1_and_leaves_no_process_behind(tmp_path):
             break
         time.sleep(0.5)
     assert not left, f"processes of the run still alive: {left}"
+
+
+def test_compiled_run_of_its_own_session_leaves_no_semaphores_behind(tmp_path):
+    # the raylet's compiled-graph channels create named semaphores in /dev/shm that even
+    # ray.shutdown() leaves; a run that started its session removes them after it
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm")
+    cfg = {
+        "nodes": {
+            "src": {"op": "synthetic", "params": {"duration_s": 0.02, "batch_items": 1000}},
+            "a": {"op": "identity", "inputs": "src"},
+            "sink": {"op": "count_sink", "inputs": "a"},
+        }
+    }
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rx", dir="/tmp"))  # Unix socket paths must stay short
+    before = {p.name for p in Path("/dev/shm").glob("sem.*")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(path), "--executor", "ray-compiled", "--quiet"],
+        capture_output=True, text=True, env={**os.environ, "RAY_TMPDIR": str(ray_tmp)}, timeout=240, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def dead(name: str) -> bool:
+        return not Path(f"/proc/{name[len('sem.hdr'):].split('-', 1)[0]}").exists()
+
+    left = sorted(n for n in {p.name for p in Path("/dev/shm").glob("sem.*")} - before if dead(n))
+    assert not left, left[:4]
