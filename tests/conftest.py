@@ -9,8 +9,12 @@ import pytest
 def ray_session():
     import ray
 
+    from pipeline.rayexec import _remove_leaked_semaphores, _semaphores
+
+    before = _semaphores()  # what compiled graphs leave in /dev/shm goes with the session
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:
         ray.shutdown()
+        _remove_leaked_semaphores(before)
