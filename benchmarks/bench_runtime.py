@@ -25,7 +25,7 @@ import ray
 
 from pipeline import Graph, run
 from pipeline import schemas as sch
-from pipeline.rayexec import _remove_leaked_semaphores, _semaphores
+from pipeline.rayexec import remove_leaked_semaphores, shm_semaphores
 from pipeline.testing import ListSource
 
 
@@ -218,7 +218,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = args.executors.split(",")
     GAP_S = args.gap_ms / 1e3
-    semaphores = _semaphores()  # the compiled-graph peer and ray-compiled leave some in /dev/shm
+    semaphores = shm_semaphores()  # the compiled-graph peer and ray-compiled leave some in /dev/shm
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     report = {"machine": f"{os.cpu_count()} cores", "load_start": os.getloadavg(), "latency_gap_ms": args.gap_ms,
               "payloads": {}}
@@ -249,7 +249,7 @@ def main() -> None:
             print(json.dumps({n: {k: v for k, v in row.items()}}, indent=1, default=str))
     finally:
         ray.shutdown()
-        _remove_leaked_semaphores(semaphores)
+        remove_leaked_semaphores(semaphores)
     dora = run_dora(args.quick, args.gap_ms)
     report["peer_dora_rs"] = dora
     for n in (1024, 65536):

@@ -138,7 +138,7 @@ class StageActor:
         return [str(e) for e in self.stage.close()]
 
 
-def _semaphores() -> set[str]:
+def shm_semaphores() -> set[str]:
     """The POSIX named semaphores in /dev/shm (empty where there is none)."""
     try:
         return {n for n in os.listdir("/dev/shm") if n.startswith("sem.")}
@@ -146,7 +146,7 @@ def _semaphores() -> set[str]:
         return set()
 
 
-def _remove_leaked_semaphores(before: set[str], wait_s: float = 5.0) -> None:
+def remove_leaked_semaphores(before: set[str], wait_s: float = 5.0) -> None:
     """Unlink the named semaphores a Ray session's compiled graphs left behind.
 
     The raylet's channels for compiled graphs create `sem.hdr<pid>-...` / `sem.obj<pid>-...`
@@ -156,7 +156,7 @@ def _remove_leaked_semaphores(before: set[str], wait_s: float = 5.0) -> None:
     for it to go) are removed; a live process's names are left alone.
     """
     fresh: dict[str, list[str]] = {}
-    for name in _semaphores() - before:
+    for name in shm_semaphores() - before:
         pid = name[len("sem.hdr"):].split("-", 1)[0]
         if pid.isdigit():
             fresh.setdefault(pid, []).append(name)
@@ -544,7 +544,7 @@ def run_ray(
         raise ConfigError(f"unknown Ray transport '{transport}' (expected calls, compiled or shm)")
     # a session of our own is shut down at the end, and then what its compiled graphs left
     # in /dev/shm can go (a shared session's raylet still holds them)
-    semaphores = _semaphores() if own and transport == "compiled" else None
+    semaphores = shm_semaphores() if own and transport == "compiled" else None
     if own:
         ray.init(num_cpus=num_cpus or 2, include_dashboard=False, log_to_driver=True)
     groups = plan_groups(graph, fuse)
@@ -586,7 +586,7 @@ def run_ray(
         if own:
             ray.shutdown()
             if semaphores is not None:
-                _remove_leaked_semaphores(semaphores)
+                remove_leaked_semaphores(semaphores)
     if failures:
         raise OperatorError("close", failures[0])
     results: dict = feed.results()

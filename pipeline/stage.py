@@ -11,7 +11,6 @@ An item on an edge is a plain tuple `(src_node, src_port, batch, seq, ingest_ns)
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from time import perf_counter_ns, time_ns
 
@@ -151,7 +150,7 @@ class Stage:
         op = self.ops[n]
         try:
             pairs = emitted(op, op.finish())
-            self._emit(n, pairs, time.time_ns(), pending, out)
+            self._emit(n, pairs, time_ns(), pending, out)
         except Exception as exc:
             raise OperatorError.of(n, exc, "finish failed: ") from exc
 

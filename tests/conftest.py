@@ -9,12 +9,12 @@ import pytest
 def ray_session():
     import ray
 
-    from pipeline.rayexec import _remove_leaked_semaphores, _semaphores
+    from pipeline.rayexec import remove_leaked_semaphores, shm_semaphores
 
-    before = _semaphores()  # what compiled graphs leave in /dev/shm goes with the session
+    before = shm_semaphores()  # what compiled graphs leave in /dev/shm goes with the session
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:
         ray.shutdown()
-        _remove_leaked_semaphores(before)
+        remove_leaked_semaphores(before)
