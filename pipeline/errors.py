@@ -82,3 +82,7 @@ class DataError(ReflexarcError):
 
 class LinkError(ReflexarcError):
     """A network link (ZeroMQ, UDP, LSL) failed or a peer misbehaved."""
+
+
+class ModelError(ReflexarcError):
+    """A model file (a rollout, a NIR graph, weights) cannot be read or does not fit its operator."""

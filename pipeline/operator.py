@@ -66,6 +66,10 @@ class Operator:
     outputs: ClassVar[dict[str, str]] = {}
     #: set by sinks that drive an actuator: they have a safe state and are muted in shadow runs
     actuator: ClassVar[bool] = False
+    #: set by operators that need to know where a batch came from: the runtime then calls
+    #: `process(port, batch, header)` with the batch's `pipeline.schemas.Header` (source
+    #: stream, sequence number, ingest wall-clock time) on every batch, under every executor
+    wants_header: ClassVar[bool] = False
 
     def __init__(self, params: Params | None = None, node: str | None = None):
         self.params = params if params is not None else self.Params()
@@ -112,6 +116,18 @@ class Operator:
 
     def safe_state(self, reason: str) -> None:
         """Put an actuator into its safe state (zero thrust, stop); sinks override."""
+
+    def swap_model(self, path: str, version: str) -> bool:
+        """Switch to the model file at `path`, rolled out as `version`; True once switched.
+
+        When: the edge agent calls it between two waves (never while a batch is being
+        processed), on the thread that calls `process`, for every operator of the running
+        graph, when the fleet manager rolls out a model. An operator with a model loads and
+        checks the new one completely (readable, shapes that fit its input port, no NaN)
+        before it switches, and raises (`pipeline.errors.ModelError`) to keep the old one;
+        the agent reports the reason to the manager. The default has no model: False.
+        """
+        return False
 
 
 class Source(Operator):

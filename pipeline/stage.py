@@ -44,7 +44,7 @@ class Stage:
                     self.exported.add((edge.src, edge.src_port))
         self.routes = dict(self.routes)
         self.seq: dict[tuple[str, str], int] = defaultdict(int)
-        self.headers = {n: getattr(self.ops[n], "wants_header", False) for n in self.ids}
+        self.headers = {n: self.ops[n].wants_header for n in self.ids}
         # a node whose outputs go nowhere in this stage (a sink; under Ray, any lone node):
         # an item for it alone needs no topological walk, so `step` hands it straight over
         fed = {src for src, _ in self.routes}
