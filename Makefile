@@ -13,6 +13,9 @@ $(BIN)/.installed: pyproject.toml
 	# the CPU build of torch; an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	# peers the NIR tests compare with; without deps: norse pins torchvision (another torch),
+	# sinabs pins nir<=1.0.4 and samna (hardware); their real deps (numpy, torch, nir, nirtorch, pbr) are above
+	$(BIN)/python -m pip install -q --no-deps "norse>=1.1" "sinabs>=3.1"
 	touch $@
 
 setup: $(BIN)/.installed
