@@ -28,8 +28,10 @@ from pipeline.operator import Operator, Source, lookup
 
 Policy = Literal["block", "drop-oldest"]
 POLICIES = ("block", "drop-oldest")
-NODE_KEYS = {"op", "params", "inputs", "latency_budget_ms", "on_budget_miss", "fuse", "id"}
-TOP_KEYS = {"name", "description", "nodes", "record", "executor", "eval", "evolve", "defaults"}
+NODE_KEYS = {"op", "params", "inputs", "latency_budget_ms", "on_budget_miss", "fuse", "place", "id"}
+TOP_KEYS = {"name", "description", "nodes", "record", "executor", "eval", "evolve", "defaults", "ray"}
+RAY_KEYS = {"address", "placement_timeout_s"}
+PLACE_KEYS = {"resources", "labels", "node"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,60 @@ class Edge:
         return f"{self.src}.{self.src_port}"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a node may run on a Ray cluster (`place:`); the local executor ignores it.
+
+    `resources` are Ray custom resources a node must offer (`{camera: 1}`), `labels` node
+    labels it must carry (`ray start --labels`), `node` one Ray node id (hex).
+    """
+
+    resources: tuple[tuple[str, float], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    node: str | None = None
+
+    @classmethod
+    def parse(cls, spec: Any, where: str, problems: list[Problem]) -> Placement | None:
+        if spec is None:
+            return None
+        if not isinstance(spec, dict):
+            problems.append(Problem(where, "place", f"must be a mapping with keys {sorted(PLACE_KEYS)}, got {spec!r}"))
+            return None
+        for key in spec:
+            if key not in PLACE_KEYS:
+                problems.append(Problem(where, f"place.{key}", f"unknown placement key (expected {', '.join(sorted(PLACE_KEYS))})"))
+        resources = spec.get("resources") or {}
+        labels = spec.get("labels") or {}
+        node = spec.get("node")
+        ok = True
+        if not isinstance(resources, dict):
+            problems.append(Problem(where, "place.resources", f"must map resource names to amounts, got {resources!r}"))
+            resources, ok = {}, False
+        for name, amount in resources.items():
+            if isinstance(amount, bool) or not isinstance(amount, int | float) or amount <= 0:
+                problems.append(Problem(where, f"place.resources.{name}", f"must be a positive number, got {amount!r}"))
+                ok = False
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                problems.append(Problem(where, f"place.resources.{name}", "is a built-in Ray resource; place by custom resources, labels or node"))
+                ok = False
+        if not isinstance(labels, dict) or not all(isinstance(v, str | int | float) for v in labels.values()):
+            problems.append(Problem(where, "place.labels", f"must map label names to values, got {labels!r}"))
+            labels, ok = {}, False
+        if node is not None and (not isinstance(node, str) or not node or any(c not in "0123456789abcdef" for c in node.lower())):
+            problems.append(Problem(where, "place.node", f"must be a Ray node id (hex), got {node!r}"))
+            node, ok = None, False
+        if not ok:
+            return None
+        return cls(tuple(sorted((str(k), float(v)) for k, v in resources.items())),
+                   tuple(sorted((str(k), str(v)) for k, v in labels.items())), node.lower() if node else None)
+
+    def describe(self) -> str:
+        parts = [f"{k}={v:g}" for k, v in self.resources] + [f"label {k}={v}" for k, v in self.labels]
+        if self.node:
+            parts.append(f"node {self.node[:12]}")
+        return ", ".join(parts) or "anywhere"
+
+
 @dataclass
 class Node:
     """A graph node: an operator instance plus its wiring and run-time contract."""
@@ -58,6 +114,7 @@ class Node:
     latency_budget_ms: float | None = None
     on_budget_miss: Literal["count", "safe_state"] = "count"
     fuse: str | None = None
+    place: Placement | None = None
 
     @property
     def is_source(self) -> bool:
@@ -91,6 +148,7 @@ class Graph:
         latency_budget_ms: float | None = None,
         on_budget_miss: str = "count",
         fuse: str | None = None,
+        place: dict | None = None,
         **params,
     ) -> str:
         """Add a node (operator by registry name and params, or an instance); returns its id."""
@@ -100,6 +158,8 @@ class Graph:
         spec["on_budget_miss"] = on_budget_miss
         if fuse:
             spec["fuse"] = fuse
+        if place:
+            spec["place"] = place
         problems: list[Problem] = []
         self._add_spec(node_id, spec, problems)
         if problems:
@@ -194,7 +254,7 @@ class Graph:
                 problems.append(Problem(node_id, "params", str(exc)))
                 return
         self._failed.discard(node_id)
-        node = Node(node_id, instance, fuse=spec.get("fuse"))
+        node = Node(node_id, instance, fuse=spec.get("fuse"), place=Placement.parse(spec.get("place"), node_id, problems))
         budget = spec.get("latency_budget_ms")
         if budget is not None:
             if not isinstance(budget, (int, float)) or budget <= 0:
@@ -369,8 +429,10 @@ class Graph:
                 if indeg[c] == 0:
                     ready.append(c)
         if len(order) != len(self.nodes):
-            stuck = [n for n in self.nodes if n not in order]
-            problems.append(Problem(None, "nodes", f"the graph has a cycle through {', '.join(stuck)}"))
+            placed = set(order)
+            stuck = [n for n in self.nodes if n not in placed]
+            on_cycle = [n for n in stuck if n in _reachable(consumers, n)]  # not what merely hangs below one
+            problems.append(Problem(None, "nodes", f"the graph has a cycle through {', '.join(on_cycle)}"))
         return order
 
     def consumers_of_nodes(self) -> dict[str, list[str]]:
@@ -403,7 +465,7 @@ class Graph:
         g.nodes = {}
         for n, node in self.nodes.items():
             op = type(node.op)(node.op.params, node=n)
-            g.nodes[n] = Node(n, op, dict(node.inputs), node.latency_budget_ms, node.on_budget_miss, node.fuse)
+            g.nodes[n] = Node(n, op, dict(node.inputs), node.latency_budget_ms, node.on_budget_miss, node.fuse, node.place)
         return g
 
     # -- queries -------------------------------------------------------------------
@@ -431,15 +493,56 @@ class Graph:
         return [n for n in self.order if n in seen]
 
 
+def _reachable(consumers: dict[str, list[str]], start: str) -> set[str]:
+    """Nodes reachable from `start` by one or more edges (`start` itself only through a cycle)."""
+    seen: set[str] = set()
+    stack = list(consumers[start])
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(consumers[n])
+    return seen
+
+
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """YAML's safe loader, except that a key given twice in one mapping is an error.
+
+    PyYAML keeps the last of two equal keys without a word, so a second `params:` under a
+    node would silently replace the first.
+    """
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            line = first.setdefault(key, key_node.start_mark.line)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if line != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first given at line {line + 1})", key_node.start_mark
+            )
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; ConfigError names the file, and the line and column when malformed."""
+    """Parse a YAML file; ConfigError names the file, and the line and column when malformed
+    or when a mapping repeats a key."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", str(path)) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
