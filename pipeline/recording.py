@@ -4,16 +4,19 @@ A recording is a folder with one Arrow IPC *stream* file per recorded stream (or
 when rotated: `camera.out.arrow`, `camera.out.0001.arrow`, ...) and `manifest.json`::
 
     {"format": "reflexarc-recording", "format_version": 1, "reflexarc_version": "0.1.0",
-     "status": "recording" | "complete" | "recovered", "config": {...},
+     "status": "recording" | "complete" | "failed" | "recovered", "config": {...},
      "streams": {"camera.out": {"kind": "events", "schema_b64": ..., "files": [...],
                                 "batches": 12, "rows": 12288, "t_start_us": 0, ...}}}
 
 Crash safety comes from the IPC stream format itself: each batch is one self-delimiting
 message written straight to the file (no user-space buffer), so a recorder killed with
 SIGKILL leaves every file readable up to its last whole batch. The manifest is written
-(atomically) when recording starts and when it ends; `inspect_recording` rebuilds the
-counts from the files when the end never came, and rebuilds the whole manifest when it
-is missing. Per-batch headers (sequence number, ingest time) are stored as the IPC
+(atomically) when recording starts and when it ends: `complete` after a clean end of every
+stream, `failed` (with the error) when the run raised; `inspect_recording` rebuilds the
+counts from the files when the end never came (`recovered`), and rebuilds the whole
+manifest when it is missing. Every stream's file is opened, with its schema, when the
+recording starts (from the ports' declared schemas), so a stream that never carried a
+batch still replays, as an empty stream. Per-batch headers (sequence number, ingest time) are stored as the IPC
 messages' custom metadata, so loss shows up as sequence gaps.
 """
 
@@ -99,6 +102,9 @@ class RecordParams(Params):
     malloc_keep_mb: float | None = Field(
         64.0, ge=1, le=2047,
         description="with a writer thread, have glibc keep this much freed memory (process-wide; None: leave it)",
+    )
+    schemas_b64: dict[str, str] | None = Field(
+        None, description="stream -> declared schema (IPC, base64); filled when the graph is built",
     )
 
 
@@ -199,9 +205,18 @@ class Record(Operator):
         self._kick = None  # wakes the writer before its next `flush_ms` tick
         self._waiting = self._closing = False
         self._limit = self.params.queue_batches  # read once per batch: a plain attribute
+        self._finished = False
+        known = self.params.schemas_b64 or {}
+        self._schemas = {s: schema_from_b64(known[s]) for s in self.params.streams if s in known}
 
     def schemas(self, inputs):
+        # The declared schemas travel in the params: every run builds fresh operators from
+        # the params (`Graph.fresh`, a Ray actor), and the recorder opens every stream's file
+        # with its schema at setup, so a port that never emits still replays (empty).
         self._schemas = {self._stream_of[p]: sch.unstamp(s) for p, s in inputs.items()}
+        declared = {s: schema_to_b64(schema) for s, schema in self._schemas.items()}
+        if declared != self.params.schemas_b64:
+            self.params = self.params.model_copy(update={"schemas_b64": declared})
         return {}
 
     def setup(self):
@@ -237,6 +252,7 @@ class Record(Operator):
                 self._open(track)
         self._write_manifest()
         self._error = None
+        self._finished = False
         if self.params.background:
             if self.params.malloc_keep_mb is not None:
                 keep_freed_memory(self.params.malloc_keep_mb)
@@ -314,6 +330,8 @@ class Record(Operator):
         """Write a batch and count it; its time range is noted apart (`_note_times`)."""
         if track.schema is None:
             track.schema = sch.unstamp(batch.schema)
+        elif track.batches == 0 and track.segment == 0:
+            self._first_batch(track, batch)
         # a batch's first time is only needed to rotate by sensor time (`Array` wrappers and
         # `as_py` cost ~7 us a batch, held under the GIL the pipeline wants)
         t0 = self._t_at(track, batch, 0) if self.params.rotate_s is not None else None
@@ -337,6 +355,24 @@ class Record(Operator):
             raise DataError(f"stream '{track.stream}' changed schema mid-recording: {exc}") from None
         track.batches += 1
         track.rows += batch.num_rows
+
+    def _first_batch(self, track: _Track, batch: pa.RecordBatch) -> None:
+        """A stream's first batch decides its schema where it differs from the declared one.
+
+        The file was opened with the port's declared schema; an operator whose batches carry
+        other metadata (or nullability) than it declared is recorded as it really emits.
+        """
+        actual = sch.unstamp(batch.schema)
+        if actual.equals(track.schema, check_metadata=True):
+            return
+        track.writer.close()
+        track.sink.close()
+        track.files.pop()
+        track.segment -= 1
+        track.writer = track.sink = None
+        track.schema = actual
+        self._open(track)
+        self._write_manifest()
 
     @staticmethod
     def _t_at(track: _Track, batch: pa.RecordBatch, i: int) -> int | None:
@@ -403,6 +439,10 @@ class Record(Operator):
             return t0 - track.seg_t0 >= p.rotate_s * 1e6
         return False
 
+    def finish(self):
+        self._finished = True  # every input stream ended: the recording is complete at close
+        return None
+
     def close(self):
         if self._folder is None:
             return
@@ -415,7 +455,12 @@ class Record(Operator):
             if track.writer is None and track.schema is not None:
                 self._open(track)  # an empty stream still gets a file with its schema
             self._close_segment(track)
-        self._manifest["status"] = "complete"
+        if self._finished and self._error is None:
+            self._manifest["status"] = "complete"
+        else:
+            self._manifest["status"] = "failed"
+            self._manifest["error"] = str(self._error) if self._error is not None else (
+                "the run stopped on an error before its streams ended")
         self._manifest["ended"] = _now()
         self._write_manifest()
         self._folder = None
@@ -473,7 +518,10 @@ def scan_stream(folder: Path, files: list[str]) -> dict:
     for name in files:
         f = StreamFile(folder / name)
         try:
-            info["bytes"] += f.path.stat().st_size
+            size = f.path.stat().st_size
+            info["bytes"] += size
+            if size == 0:
+                continue  # opened, nothing written yet (Arrow writes the schema with the first batch)
             schema = f.schema()
         except (DataError, OSError) as exc:
             info["damage"].append(str(exc))
@@ -561,6 +609,8 @@ def inspect_recording(path: str | Path, repair: bool = True) -> dict:
     manifest = report.pop("manifest") or {}
     config = manifest.get("config") or {}
     report["config_name"] = config.get("name") if isinstance(config, dict) else None
+    report["problems"] = problems_of(report)
+    report["ok"] = not report["problems"]
     return report
 
 
@@ -623,7 +673,7 @@ def _inspect_folder(folder: Path, repair: bool) -> dict:
     status = manifest.get("status") if manifest else "missing manifest"
     live = manifest is not None and status == "recording" and _pid_alive(manifest)
     streams: dict[str, dict] = {}
-    if manifest is not None and status in ("complete", "recovered"):
+    if manifest is not None and status in ("complete", "recovered", "failed"):
         for name, meta in manifest.get("streams", {}).items():
             files = meta.get("files") or on_disk.get(name, [])
             missing = [f for f in files if not (folder / f).exists()]
@@ -689,10 +739,54 @@ def _inspect_folder(folder: Path, repair: bool) -> dict:
         "started": manifest.get("started"),
         "ended": manifest.get("ended"),
         "repaired": repaired,
+        "error": manifest.get("error"),
         "streams": streams,
         "damage": damage,
         "manifest": manifest,
     }
+
+
+def problems_of(report: dict) -> list[str]:
+    """Why a recording is not a complete, undamaged one (empty when it is)."""
+    status = report.get("status")
+    why = []
+    if status == "failed":
+        why.append(f"the run that made it failed: {report.get('error') or 'no error was recorded'}")
+    elif status == "recovered":
+        why.append("the recorder never closed it (the process was killed or is gone); it was recovered "
+                   "from its files up to each stream's last whole batch")
+    elif status == "recording (in progress)":
+        why.append("it is still being recorded (its recorder is running)")
+    elif status not in ("complete", "file"):
+        why.append(f"its status is {status!r}")
+    why += [d for d in report.get("damage", []) if d not in why]
+    return why
+
+
+def mark_failed(folder: str | Path, error: BaseException | str) -> None:
+    """Say in a recording's manifest that the run which made it failed, and why.
+
+    Called by whoever ran the graph (the CLI, `replay`, `import_file`) when the run raised:
+    the recorder itself only knows that its streams never ended. A recorder that never
+    closed (its Ray actor was killed) has its counts rebuilt from the files first.
+    """
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists() and not _group_files(folder):
+        return  # the recorder never got as far as its setup
+    try:
+        report = _inspect_folder(folder, repair=False)
+    except DataError:
+        return
+    manifest = report["manifest"]
+    manifest["status"] = "failed"
+    manifest["error"] = str(error)
+    manifest["ended"] = manifest.get("ended") or _now()
+    write_manifest(folder, manifest)
+
+
+def recording_dirs(graph) -> list[str]:
+    """The folders a graph's recorder taps write into."""
+    return [n.op.params.dir for n in graph.nodes.values() if n.op.name == "record"]
 
 
 def _schema_of(meta: dict) -> pa.Schema | None:
@@ -746,6 +840,8 @@ class Recording:
         # `StreamFile.batches` written out: one generator frame per batch, not two
         for name in self.files[stream]:
             f = StreamFile(self.folder / name)
+            if f.path.exists() and f.path.stat().st_size == 0:
+                continue  # a stream opened by a recorder killed before its first batch
             read = f.open().read_next_batch
             while True:
                 try:
