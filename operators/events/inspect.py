@@ -89,9 +89,21 @@ def inspect_file(path) -> dict | None:
                 x_max, y_max = max(x_max, int(arr["x"].max())), max(y_max, int(arr["y"].max()))
     except Exception as exc:  # faery's decoders raise bare exceptions
         raise DataError(f"cannot read event file '{path}': {exc}") from None
+    geometry = None
+    if kind == "evt":  # older RAW headers name only the plugin; faery then guesses 1280x720
+        from operators.events.sources import prophesee_geometry, raw_header
+
+        header = raw_header(path)
+        geometry = prophesee_geometry(header)
+        if geometry:
+            (w, h), geometry = geometry
     if kind == "csv":  # CSV carries no sensor size: report the extent of the data
         w, h = x_max + 1, y_max + 1
     out = {"format": kind.upper(), "path": str(path), "streams": [{"id": 0, "type": "events", "width": w, "height": h}]}
+    if geometry:
+        out["sensor_from"] = geometry
+    if kind != "csv" and (x_max >= w or y_max >= h):
+        out["errors"] = [f"events outside the {w}x{h} sensor (max x {x_max}, max y {y_max})"]
     out.update(_summary(t_chunks, w, h))
     if kind == "csv":
         out["sensor_from_data"] = True

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import Field, model_validator
 
 from operators.events import kernels as K
@@ -32,11 +33,28 @@ from pipeline.operator import Operator, Params, Source, SourceParams, register
 
 UDP_DTYPE = np.dtype([("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "u1")])
 IMU_CHANNELS = ("accelerometer_x", "accelerometer_y", "accelerometer_z",
-                "gyroscope_x", "gyroscope_y", "gyroscope_z", "temperature")
+                "gyroscope_x", "gyroscope_y", "gyroscope_z", "temperature",
+                "magnetometer_x", "magnetometer_y", "magnetometer_z")
+IMU_UNITS = ("g", "g", "g", "deg/s", "deg/s", "deg/s", "degC", "uT", "uT", "uT")
+# an AEDAT4 frame's own times beside `t` (the frame's timestamp): frame start/end and exposure
+# start/end, µs. dv-processing's Frame reports exposure_begin_t as its timestamp.
+FRAME_TIMES = ("begin_t", "end_t", "exposure_begin_t", "exposure_end_t")
 
 
-def check_events(t: np.ndarray, x: np.ndarray, y: np.ndarray, width: int, height: int, t_last: int) -> str | None:
-    """What is wrong with one packet of events, as a phrase, or None when it is fine."""
+def aedat_frames_schema(width: int, height: int):
+    """The AEDAT4 source's frames: `t` and a uint8 luminance `frame`, then FRAME_TIMES."""
+    base = sch.frames_schema((height, width), "uint8")
+    for name in FRAME_TIMES:
+        base = base.append(pa.field(name, pa.int64()))
+    return base
+
+
+def check_events(t: np.ndarray, x: np.ndarray, y: np.ndarray, width: int, height: int, t_last: int,
+                 first: int = 0) -> str | None:
+    """What is wrong with one packet of events, as a phrase, or None when it is fine.
+
+    `first` is the file-wide index of the packet's first event, so the phrase can name the event.
+    """
     if len(t) == 0:
         return None
     if int(t[0]) < t_last:
@@ -46,8 +64,59 @@ def check_events(t: np.ndarray, x: np.ndarray, y: np.ndarray, width: int, height
         if d.min() < 0:
             i = int(np.argmin(d))
             return f"timestamps go backwards ({int(t[i + 1])} µs after {int(t[i])} µs)"
-    if int(x.max()) >= width or int(y.max()) >= height:
-        return f"coordinates outside the {width}x{height} sensor (max x {int(x.max())}, max y {int(y.max())})"
+    out = np.flatnonzero((x >= width) | (y >= height))
+    if len(out):
+        i = int(out[0])
+        return (f"coordinates outside the {width}x{height} sensor: event {first + i} at x={int(x[i])}, y={int(y[i])} "
+                f"({len(out)} of the packet's {len(t)} events outside)")
+    return None
+
+
+# Prophesee RAW headers (`% key value` lines) name the sensor's geometry in newer files
+# (`% geometry 1280x720`, `% format EVT3;height=720;width=1280`); older ones (Metavision 2.x and
+# before) only name the HAL plugin or the sensor generation. Sizes from Prophesee's sensor list:
+# Gen3 VGA (CD) 640x480, Gen3 ATIS 480x360, Gen3.1 VGA 640x480, Gen4/Gen4.1 and IMX636/IMX646 HD
+# 1280x720, GenX320 320x320. Order matters: the first pattern found in the plugin name wins.
+PROPHESEE_PLUGINS = (("genx320", (320, 320)), ("imx636", (1280, 720)), ("imx646", (1280, 720)),
+                     ("gen41", (1280, 720)), ("gen4", (1280, 720)), ("atis", (480, 360)),
+                     ("gen31", (640, 480)), ("gen3", (640, 480)))
+PROPHESEE_GENERATIONS = {"3.0": (640, 480), "3.1": (640, 480), "4.0": (1280, 720), "4.1": (1280, 720)}
+
+
+def raw_header(path) -> dict[str, str]:
+    """The `% key value` lines at the top of a Prophesee RAW file (empty for a file without them)."""
+    out = {}
+    with open(path, "rb") as f:
+        while True:
+            line = f.readline(4096)
+            if not line.startswith(b"%"):
+                break
+            text = line[1:].decode("latin-1").strip()
+            if text == "end":
+                break
+            key, _, value = text.partition(" ")
+            out[key] = value.strip()
+    return out
+
+
+def prophesee_geometry(header: dict[str, str]) -> tuple[tuple[int, int], str] | None:
+    """((width, height), where it came from) for a RAW header, or None when it does not say."""
+    import re
+
+    if "geometry" in header:
+        m = re.fullmatch(r"(\d+)\s*x\s*(\d+)", header["geometry"])
+        if m:
+            return (int(m[1]), int(m[2])), "header geometry"
+    fmt = dict(kv.split("=", 1) for kv in header.get("format", "").split(";")[1:] if "=" in kv)
+    if "width" in fmt and "height" in fmt:
+        return (int(fmt["width"]), int(fmt["height"])), "header format"
+    plugin = header.get("plugin_name", "").lower()
+    for key, size in PROPHESEE_PLUGINS:
+        if key in plugin:
+            return size, f"plugin {header['plugin_name']}"
+    gen = header.get("sensor_generation", "")
+    if gen in PROPHESEE_GENERATIONS:
+        return PROPHESEE_GENERATIONS[gen], f"sensor generation {gen}"
     return None
 
 
@@ -94,6 +163,7 @@ class _Batcher:
         self.batch_events = None if batch_us else (batch_events or DEFAULT_BATCH_EVENTS)
         self.t_last = 0
         self.n = 0
+        self.taken = 0  # events accepted so far, over all batches (names a bad event's index)
         self.due = False  # a batch is complete: call ready()
         self.layout = None  # the records' dtype, once checked (a decoder keeps one; checking costs µs)
         # windows start at 65,536 events and grow when one needs more
@@ -146,6 +216,7 @@ class _Batcher:
         if not K.append_records(raw, self.block, self.cap, n, self.width, self.height, self.t_last):
             return False
         self.n = n = n + k
+        self.taken += k
         self.t_last = int(self.cols[0][n - 1])
         if self.batch_events is not None:
             self.due = n >= self.batch_events
@@ -156,7 +227,9 @@ class _Batcher:
     def refusal(self, records: np.ndarray) -> str:
         """Why `append` refused `records` (it leaves `t_last` as it was): the slow check, once per bad packet."""
         t = records["t"].astype(np.int64)
-        return check_events(t, records["x"], records["y"], self.width, self.height, self.t_last) or "bad event"
+        why = check_events(t, records["x"], records["y"], self.width, self.height, self.t_last, self.taken)
+        self.taken += len(records)  # the refused packet's events still count in the file's event index
+        return why or "bad event"
 
     def _batch(self, a: int, b: int):
         t, x, y, p = self.cols
@@ -266,8 +339,8 @@ class Aedat4Source(Source):
         fw, fh = (int(fr[0]["width"]), int(fr[0]["height"])) if fr else (w, h)
         return {
             "out": sch.events_schema(w, h),
-            "frames": sch.frames_schema((fh, fw), "uint8"),
-            "imu": sch.samples_schema(list(IMU_CHANNELS), 1000.0, ["g", "g", "g", "deg/s", "deg/s", "deg/s", "degC"]),
+            "frames": aedat_frames_schema(fw, fh),
+            "imu": sch.samples_schema(list(IMU_CHANNELS), 1000.0, list(IMU_UNITS)),
             "triggers": sch.commands_schema({"source": "uint8"}),
         }
 
@@ -326,7 +399,7 @@ class Aedat4Source(Source):
                 if pix.shape != shape:
                     self._fail(index, f"frame of shape {pix.shape}, expected {shape}")
                     continue
-                yield "frames", sch.frames_batch([int(f["t"])], pix[None].astype(np.uint8), schemas["frames"])
+                yield "frames", self._frame_batch(f, pix, schemas["frames"])
             elif "imus" in packet:
                 imu = packet["imus"]
                 data = np.stack([imu[c].astype(np.float32) for c in IMU_CHANNELS], axis=1)
@@ -337,6 +410,13 @@ class Aedat4Source(Source):
                                                      source=tr["source"].astype(np.uint8))
         for b in batcher.flush():
             yield "out", b
+
+    @staticmethod
+    def _frame_batch(f: dict, pix: np.ndarray, schema):
+        head = pa.schema(list(schema)[:2], metadata=schema.metadata)
+        b = sch.frames_batch([int(f["t"])], pix[None].astype(np.uint8), head)
+        times = [pa.array([int(f[k])], pa.int64()) for k in FRAME_TIMES]
+        return pa.RecordBatch.from_arrays(b.columns + times, schema=schema)
 
     def state(self):
         return {"skipped_packets": self.skipped_packets, "packets": self.packets, "events": self.events}
@@ -379,7 +459,11 @@ class EventFileSource(Source):
         if not Path(p.path).exists():
             raise DataError(f"event file '{p.path}' does not exist")
         kwargs = {}
-        if p.width and p.height:
+        if Path(p.path).suffix.lower() == ".raw":
+            # faery refuses events beyond its fallback (1280x720) without saying which event; our
+            # batcher checks every event against `sensor()` and names the event and its coordinates
+            kwargs["dimensions_fallback"] = (65535, 65535)
+        elif p.width and p.height:
             kwargs["dimensions_fallback"] = (p.width, p.height)
             if Path(p.path).suffix == ".csv":
                 kwargs["csv_properties"] = faery.CsvProperties.default()
@@ -388,10 +472,23 @@ class EventFileSource(Source):
         except Exception as exc:  # faery raises bare exceptions from Rust
             raise DataError(f"cannot read event file '{p.path}': {exc}") from None
 
+    def sensor(self) -> tuple[int, int]:
+        """(width, height): the parameters, else a RAW header's geometry or plugin, else faery's."""
+        p = self.params
+        size = None
+        if not (p.width and p.height) and Path(p.path).suffix.lower() == ".raw" and Path(p.path).exists():
+            found = prophesee_geometry(raw_header(p.path))
+            size = found[0] if found else None
+        if size is None and Path(p.path).suffix.lower() == ".raw":
+            import faery  # a header that says nothing: faery's own default for the format
+
+            size = faery.events_stream_from_file(p.path).dimensions()
+        if size is None:
+            size = self._open().dimensions()
+        return p.width or size[0], p.height or size[1]
+
     def schemas(self, inputs):
-        stream = self._open()
-        w, h = stream.dimensions()
-        return {"out": sch.events_schema(self.params.width or w, self.params.height or h)}
+        return {"out": sch.events_schema(*self.sensor())}
 
     def generate(self):
         p = self.params
