@@ -30,15 +30,12 @@ def cmd_run(args) -> int:
     from rich.console import Console
 
     from pipeline.metrics import table
+    from pipeline.recording_cli import RunExtras
     from pipeline.run import run
 
     graph = _graph(args)
-    if args.record:
-        streams = args.streams.split(",") if args.streams else [
-            f"{n.id}.{p}" for n in graph.nodes.values() for p in n.op.outputs
-        ]
-        graph.tap(streams, args.record)
-        graph.check()
+    extras = RunExtras(graph, record=args.record, streams=args.streams.split(",") if args.streams else None,
+                       strict=args.strict, foxglove=args.foxglove)
     configured = graph.config.get("executor") or "local"
     if isinstance(configured, dict):
         configured = configured.get("kind", "local")
@@ -60,7 +57,10 @@ def cmd_run(args) -> int:
     if executor.startswith("ray") and args.fuse:
         options["fuse"] = args.fuse
     try:
-        result = run(graph, executor, monitor=monitor, stop=stop, **options)
+        with extras:
+            for note in extras.notes:
+                print(note, file=sys.stderr)
+            result = run(graph, executor, monitor=monitor, stop=stop, **options)
     except KeyboardInterrupt:
         stop.set()
         raise
@@ -73,6 +73,10 @@ def cmd_run(args) -> int:
         drops = sum(m["drops_batches"] for m in result.metrics)
         if misses or drops:
             Console().print(f"latency budget misses: {misses}, dropped batches: {drops}")
+    for line in extras.after(result):  # raises under --strict
+        print(f"warning: {line}; --strict makes this an error", file=sys.stderr)
+    if extras.viewer is not None:
+        print(extras.viewer.summary_line(result.results), file=sys.stderr)
     if args.summary:
         result.write(args.summary)
     return 0
@@ -122,6 +126,10 @@ def cmd_inspect(args) -> int:
         from pipeline import recording
 
         report = recording.inspect_recording(path)
+        print(json.dumps(report, indent=2, default=str))
+        for why in report["problems"]:  # exit 1: failed, recovered (killed) or damaged
+            print(f"not a complete recording: {why}", file=sys.stderr)
+        return 0 if report["ok"] else 1
     else:
         for ep in entry_points(group="reflexarc.inspectors"):
             try:
@@ -178,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="record streams into this folder")
     p.add_argument("--streams", help="comma-separated node.port streams to record (default: all)")
     p.add_argument("--fuse", choices=["none", "chains"], help="ray: fuse linear chains into one actor")
+    p.add_argument("--strict", action="store_true", help="a skipped bad packet is an error, not a warning")
+    p.add_argument("--foxglove", metavar="HOST:PORT", help="serve the running streams to Foxglove/Lichtblick "
+                   "over the Foxglove WebSocket protocol (e.g. 127.0.0.1:8765)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 

@@ -955,13 +955,20 @@ DEFAULT_IMPORTER = "event_file_source"
 
 
 def import_file(path: str | Path, out: str | Path, op: str | None = None, params: dict | None = None,
-                node: str = "camera") -> dict:
-    """Turn an event file (AEDAT4, EVT, DAT, ...) into a recording by running its source op.
+                node: str = "camera", strict: bool = False) -> dict:
+    """Turn an event file (AEDAT4, EVT, DAT, ...) or an MCAP file into a recording.
 
-    The source comes from the operator registry (`aedat4_source` for .aedat4, otherwise
-    `event_file_source`), so any format an events family reads can be imported. The
-    streams are named `<node>.<port>` (`camera.out`), ready for `replay --through`.
+    An event file is read by running its source op from the operator registry
+    (`aedat4_source` for .aedat4, otherwise `event_file_source`), so any format an events
+    family reads can be imported; the streams are named `<node>.<port>` (`camera.out`),
+    ready for `replay --through`. A bad packet is skipped and reported under "warnings"
+    (the source's `on_error: skip`); with `strict` it is an error. An `.mcap` file goes to
+    `pipeline.mcap_io.import_mcap`. A run that fails leaves a recording marked `failed`.
     """
+    if Path(path).suffix.lower() == ".mcap":
+        from pipeline.mcap_io import import_mcap
+
+        return import_mcap(path, out, strict=strict)
     from pipeline.graph import Graph
     from pipeline.operator import lookup
     from pipeline.run import run
@@ -984,12 +991,27 @@ def import_file(path: str | Path, out: str | Path, op: str | None = None, params
     p = {key: str(path), **(params or {})}
     if "pacing" in fields:
         p["pacing"] = "max"
+    if "on_error" in fields:
+        p["on_error"] = "raise" if strict else p.get("on_error", "skip")
     graph = Graph(f"import {path.name}")
     graph.add(node, name, **p)
     ports = list(graph.nodes[node].op.outputs)
     graph.tap([f"{node}.{port}" for port in ports], out, config={"imported_from": str(path), "op": name, "params": p})
-    result = run(graph)
-    return result.results["__record__"]
+    try:
+        result = run(graph)
+    except BaseException as exc:
+        mark_failed(out, exc)
+        raise
+    done = dict(result.results["__record__"])
+    res = result.results.get(node) or {}
+    skipped = res.get("skipped_packets") or 0
+    done["warnings"] = [] if not skipped else [
+        f"node '{node}' ({name}) skipped {skipped} bad packet{'s' if skipped != 1 else ''} of '{path}'"
+        + (f" (first: {res['first_skip']})" if res.get("first_skip") else "")]
+    if done["warnings"] and strict:  # a source without `on_error` that still counted skips
+        mark_failed(out, "; ".join(done["warnings"]))
+        raise DataError("; ".join(done["warnings"]) + " (strict)")
+    return done
 
 
 from pipeline import replay  # noqa: E402,F401  (registers the replay source; it imports this module)

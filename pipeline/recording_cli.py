@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import yaml
 from rich.console import Console
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError, Problem
 from pipeline.run import EXECUTORS
+
+STRICT_HELP = "a skipped bad packet (or a damaged recording) is an error, not a warning"
 
 
 def register(subparsers) -> None:
@@ -33,6 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--record", metavar="OUT", help="record the run's streams into this new folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.PARAM=VALUE")
     p.add_argument("--json", dest="json_out", metavar="PATH", help="write the run summary and diff here")
+    p.add_argument("--strict", action="store_true", help="refuse a recording that is not complete and undamaged")
     p.set_defaults(func=cmd_replay)
 
     e = subparsers.add_parser("export", help="export a recording's streams to Parquet or AEDAT4")
@@ -48,7 +52,129 @@ def register(subparsers) -> None:
     i.add_argument("--op", default=None, help="source operator to read the file with (default by extension)")
     i.add_argument("--node", default="camera", help="node name the streams get (camera -> camera.out)")
     i.add_argument("--set", dest="overrides", action="append", default=[], metavar="PARAM=VALUE")
+    i.add_argument("--strict", action="store_true", help=STRICT_HELP)
     i.set_defaults(func=cmd_import)
+
+
+# --- what `reflexarc run` adds around a run: --record, --strict, --foxglove --------------
+
+
+def tap_record(graph, directory: str, streams: list[str] | None) -> list[str]:
+    """Record into `directory`, combined with the config's own `record:` block if it has one.
+
+    One tap: `--record DIR` replaces the block's folder and keeps its options (compression,
+    rotation, ...); `--streams` replaces its streams, else the block's streams are kept.
+    Returns what was done, for the user.
+    """
+    notes = []
+    old = graph.nodes.get("__record__")
+    options: dict = {}
+    if old is not None:
+        p = old.op.params
+        options = p.model_dump(exclude={"dir", "streams", "config", "schemas_b64"}, exclude_unset=True)
+        notes.append(f"--record {directory} replaces the config's record.dir '{p.dir}' (its other record: "
+                     f"options are kept)" + ("" if streams else f"; recording its streams: {', '.join(p.streams)}"))
+        if streams is None:
+            streams = list(p.streams)
+        del graph.nodes["__record__"]
+    if streams is None:
+        streams = [f"{n.id}.{p}" for n in graph.nodes.values() for p in n.op.outputs]
+    graph.tap(streams, directory, **options)
+    return notes
+
+
+def make_strict(graph) -> list[str]:
+    """Every node with an `on_error` parameter raises on a bad packet instead of skipping it."""
+    changed = []
+    for node_id, node in list(graph.nodes.items()):
+        fields = type(node.op).Params.model_fields
+        if "on_error" in fields and getattr(node.op.params, "on_error", None) != "raise":
+            params = node.op.params.model_dump(exclude_unset=True)
+            graph.replace(node_id, node.op.name, {**params, "on_error": "raise"})
+            changed.append(node_id)
+    return changed
+
+
+def skipped_warnings(graph, results: dict) -> list[str]:
+    """One line per source that skipped bad input: node, file, how many, the first and why."""
+    lines = []
+    for node_id, res in results.items():
+        if not isinstance(res, dict):
+            continue
+        count = res.get("skipped_packets") or res.get("bad_datagrams") or 0
+        if not count:
+            continue
+        node = graph.nodes.get(node_id)
+        op = node.op if node is not None else None
+        params = op.params if op is not None else None
+        where = getattr(params, "path", None) or (
+            f"{params.host}:{params.port}" if params is not None and hasattr(params, "port") else "its input")
+        what = "datagram" if "bad_datagrams" in res and not res.get("skipped_packets") else "packet"
+        first = res.get("first_skip")
+        lines.append(
+            f"node '{node_id}' ({op.name if op else '?'}) skipped {count} bad {what}{'s' if count != 1 else ''} "
+            f"of '{where}'" + (f" (first: {first})" if first else "")
+        )
+    return lines
+
+
+class RunExtras:
+    """What `run` adds around a graph: a combined record tap, strictness, the live viewer.
+
+    Used as a context around the run: on an error the recordings are marked failed (with
+    the error) and the viewer stops; `after(result)` gives the skipped-input warnings and,
+    with `strict`, raises on them.
+    """
+
+    def __init__(self, graph, *, record: str | None = None, streams: list[str] | None = None,
+                 strict: bool = False, foxglove: str | None = None, foxglove_hz: float = 30.0):
+        self.graph, self.strict = graph, strict
+        self.notes: list[str] = []
+        self.viewer = None
+        if streams is not None and not record:
+            raise ConfigError([Problem(None, "--streams", "names the streams --record records: give --record DIR too")])
+        if strict:
+            made = make_strict(graph)
+            if made:
+                self.notes.append(f"--strict: {', '.join(made)} raise on a bad packet (on_error: raise)")
+        if record:
+            self.notes += tap_record(graph, record, streams)
+        if foxglove:
+            from pipeline.foxglove import LiveViewer
+
+            self.viewer = LiveViewer(foxglove, max_hz=foxglove_hz)
+            self.viewer.tap(graph)
+        graph.check()
+
+    def __enter__(self) -> RunExtras:
+        if self.viewer is not None:
+            self.viewer.start()
+            self.notes.append(f"Foxglove: open ws://{self.viewer.address} in Foxglove or Lichtblick "
+                              "(Open connection -> Foxglove WebSocket)")
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        from pipeline.recording import mark_failed, recording_dirs
+
+        if self.viewer is not None:
+            self.viewer.stop()
+        if exc is not None:
+            why = "stopped by the user (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            for folder in recording_dirs(self.graph):
+                mark_failed(folder, why)
+        return False
+
+    def after(self, result) -> list[str]:
+        """Warnings for skipped input (raises DataError with them under `strict`)."""
+        lines = skipped_warnings(self.graph, result.results)
+        if lines and self.strict:
+            from pipeline.recording import mark_failed, recording_dirs
+
+            error = DataError("; ".join(lines) + " (--strict)")
+            for folder in recording_dirs(self.graph):
+                mark_failed(folder, error)
+            raise error
+        return lines
 
 
 def _executor(args) -> str:
@@ -78,9 +204,11 @@ def cmd_replay(args) -> int:
     out = replay(
         args.recording, args.through, executor=_executor(args), pacing=args.pacing, speed=args.speed,
         start_s=args.start_s, loop=args.loop, streams=streams, record=args.record, shadow=args.shadow,
-        golden=args.golden, tolerance=args.tolerance, overrides=args.overrides,
+        golden=args.golden, tolerance=args.tolerance, overrides=args.overrides, strict=args.strict,
     )
     notes, result, report = out["notes"], out["run"], out["diff"]
+    for why in notes.get("input_problems", []):
+        print(f"warning: the recording is not complete: {why}; --strict makes this an error", file=sys.stderr)
     for node, played in notes["replayed"].items():
         console.print(f"replayed [bold]{node}[/] from {', '.join(played)}")
     for node in notes["muted"]:
@@ -148,9 +276,11 @@ def cmd_import(args) -> int:
         if not sep:
             raise ConfigError(f"--set '{item}' is not of the form param=value")
         params[key.strip()] = yaml.safe_load(raw)
-    done = import_file(args.file, args.out, op=args.op, params=params, node=args.node)
+    done = import_file(args.file, args.out, op=args.op, params=params, node=args.node, strict=args.strict)
     for stream, counts in done["streams"].items():
         Console().print(f"{stream}: {counts['rows']:,} rows in {counts['batches']:,} batches -> {done['dir']}")
+    for line in done.get("warnings", []):
+        print(f"warning: {line}; --strict makes this an error", file=sys.stderr)
     return 0
 
 

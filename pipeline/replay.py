@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipeline.errors import ConfigError, Problem
+from pipeline.errors import ConfigError, DataError, Problem
 from pipeline.graph import Graph, read_yaml
 from pipeline.operator import Operator, Params, Source, SourceParams, lookup, register
-from pipeline.recording import Recording, first_t, shift_t
+from pipeline.recording import Recording, first_t, inspect_recording, mark_failed, problems_of, shift_t
 
 log = logging.getLogger(__name__)
 
@@ -303,12 +303,32 @@ def replay(
     golden: str | Path | None = None,
     tolerance: float = 0.0,
     overrides: list[str] | tuple[str, ...] = (),
+    strict: bool = False,
 ) -> dict:
     """Replay a recording (through a config, or into counting sinks) and diff it if asked.
 
+    A missing or unreadable `golden` is bad input (ConfigError, exit 2), checked before
+    anything runs. With `strict`, a recording that is not complete and undamaged (a failed
+    run, a killed recorder, a cut-off file) is refused (DataError) instead of replayed up
+    to its last whole batch.
     Returns {"run": RunResult, "notes": ..., "recorded": path | None, "diff": report | None}.
     """
     from pipeline.run import run
+
+    if golden is not None:
+        try:
+            Recording(golden, repair=False)
+        except DataError as exc:
+            raise ConfigError([Problem(None, "--golden", f"cannot be compared against: {exc}")]) from None
+    try:
+        report_in = inspect_recording(recording, repair=False)
+    except DataError as exc:  # bad input, as a bad golden is: exit 2, never the 1 of a divergence
+        raise ConfigError([Problem(None, "recording", str(exc))]) from None
+    problems = problems_of(report_in)
+    if problems and strict:
+        raise DataError(f"recording '{recording}' is not complete (--strict): {'; '.join(problems)}")
+    if problems:
+        log.warning("replaying '%s' although %s", recording, "; ".join(problems))
 
     if config is None:
         graph = Graph("replay")
@@ -329,7 +349,12 @@ def replay(
     if out is not None and tapped:
         graph.tap(tapped, out)
     try:
-        result = run(graph, executor=executor)
+        try:
+            result = run(graph, executor=executor)
+        except BaseException as exc:
+            if out is not None and tapped:
+                mark_failed(out, exc)
+            raise
         report = None
         if golden is not None:
             ignore = [s for streams_ in notes["replayed"].values() for s in streams_]
@@ -338,6 +363,7 @@ def replay(
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    notes["input_problems"] = problems
     return {"run": result, "notes": notes, "recorded": str(out) if record else None, "diff": report}
 
 

@@ -1,0 +1,414 @@
+"""Streams as Foxglove messages: views for MCAP export, and the live `--foxglove` server.
+
+Foxglove (and its open fork Lichtblick) shows images from `foxglove.RawImage` messages
+and plots numbers from JSON messages. `View` turns one stream's Arrow batches into such
+messages by stream kind, with plain NumPy (no operator needed):
+
+| kind | message |
+|---|---|
+| frames | `foxglove.RawImage` (protobuf), one per frame: mono8/rgb8, mono16 or 32FC1 |
+| events | `foxglove.RawImage` mono8, the events of a window rendered (grey 128, ON brighter, OFF darker) |
+| samples, commands | JSON, one message per row (`{"t_us": ..., "ch0": ...}`): a Plot panel plots `/topic.ch0` |
+| spikes | JSON per batch: `{"t_us", "count", "neurons": [...]}` |
+
+Live: `reflexarc run CONFIG --foxglove 127.0.0.1:8765` adds a `foxglove_tap` node fed by
+every stream (as `--record` adds a record tap). The tap runs wherever the executor puts
+it (the driver, a Ray actor); it makes at most `max_hz` messages per stream per second and
+hands them to the driver over a ZeroMQ PUSH socket on 127.0.0.1 that never blocks: when
+the driver's queue is full the message is dropped for the viewer, never for the pipeline,
+and counted. The driver (`LiveViewer`) serves them with foxglove-sdk's WebSocket server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from pipeline import schemas as sch
+from pipeline.errors import ConfigError, LinkError, Problem
+from pipeline.operator import Operator, Params, register
+
+log = logging.getLogger(__name__)
+
+RAW_IMAGE = "foxglove.RawImage"
+IMAGE, JSON = b"image", b"json"
+
+
+def _raw_image_schema() -> tuple[str, str, bytes]:
+    from foxglove.messages import RawImage
+
+    s = RawImage.get_schema()
+    return s.name, s.encoding, bytes(s.data)
+
+
+def json_schema(title: str, fields: dict[str, str]) -> bytes:
+    """A JSON Schema for a row of scalars (what Foxglove's Plot panel reads)."""
+    types = {"int": "integer", "uint": "integer", "float": "number", "double": "number", "bool": "boolean"}
+    props = {"t_us": {"type": "integer"}}
+    for name, t in fields.items():
+        props[name] = {"type": next((v for k, v in types.items() if t.startswith(k)), "number")}
+    return json.dumps({"title": title, "type": "object", "properties": props}).encode()
+
+
+def raw_image(t_us: int, frame_id: str, img: np.ndarray) -> bytes:
+    """One `foxglove.RawImage` protobuf message for a (H, W) or (H, W, 3|4) array."""
+    from foxglove.messages import RawImage, Timestamp
+
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.dtype == np.uint8:
+        encoding = "mono8" if img.ndim == 2 else {3: "rgb8", 4: "rgba8"}.get(img.shape[2])
+    elif img.dtype == np.uint16 and img.ndim == 2:
+        encoding = "mono16"
+    else:
+        encoding = None
+    if encoding is None:  # anything else is shown as 32-bit float, channel 0
+        img = np.asarray(img[..., 0] if img.ndim == 3 else img, dtype=np.float32)
+        encoding = "32FC1"
+    img = np.ascontiguousarray(img)
+    h, w = img.shape[:2]
+    t_us = max(int(t_us), 0)
+    return RawImage(timestamp=Timestamp(sec=t_us // 1_000_000, nsec=(t_us % 1_000_000) * 1000),
+                    frame_id=frame_id, width=w, height=h, encoding=encoding,
+                    step=img.strides[0], data=img.tobytes()).encode()
+
+
+def render_events(x: np.ndarray, y: np.ndarray, p: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Events of one window as a mono8 image: 128 where nothing happened, +/-64 per ON/OFF event."""
+    idx = y.astype(np.int64) * width + x
+    ok = (x < width) & (y < height)
+    signed = np.where(p, 1.0, -1.0)
+    acc = np.bincount(idx[ok], weights=signed[ok], minlength=width * height)
+    return np.clip(128.0 + 64.0 * acc, 0, 255).astype(np.uint8).reshape(height, width)
+
+
+class View:
+    """Foxglove messages for one stream: `schema` for its channel, `feed`/`flush` for messages.
+
+    Messages are `(log_time_ns, payload bytes)`. `window_us` sets how much sensor time of
+    events makes one image.
+    """
+
+    def __init__(self, stream: str, schema: pa.Schema, window_us: int = 33_000):
+        self.stream, self.arrow_schema = stream, schema
+        self.kind = sch.kind_of(schema)
+        self.window_us = int(window_us)
+        names = [f.name for f in schema]
+        if self.kind is None:
+            scalar = all(pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
+                         for f in schema)
+            self.kind = "commands" if scalar and "t" in names else None
+        if self.kind == "frames" and "frame" not in names:
+            self.kind = None
+        self.encoding = IMAGE if self.kind in ("frames", "events") else JSON if self.kind else None
+        # events: the open window's columns
+        self._win_end: int | None = None
+        self._held: list[pa.RecordBatch] = []
+        if self.kind == "events":
+            self.width = int(sch.fact(schema, "width", 0)) or None
+            self.height = int(sch.fact(schema, "height", 0)) or None
+
+    @property
+    def shown(self) -> bool:
+        return self.encoding is not None
+
+    def channel_schema(self) -> tuple[str, str, bytes]:
+        """(schema name, schema encoding, schema data) of the channel."""
+        if self.encoding == IMAGE:
+            return _raw_image_schema()
+        fields = {f.name: str(f.type) for f in self.arrow_schema if f.name != "t"}
+        if self.kind == "spikes":
+            fields = {"count": "int64"}
+        return f"reflexarc.{self.kind}", "jsonschema", json_schema(self.stream, fields)
+
+    @property
+    def message_encoding(self) -> str:
+        return "protobuf" if self.encoding == IMAGE else "json"
+
+    def feed(self, batch: pa.RecordBatch) -> list[tuple[int, bytes]]:
+        if batch.num_rows == 0 or not self.shown:
+            return []
+        return getattr(self, f"_{self.kind}")(batch)
+
+    def flush(self) -> list[tuple[int, bytes]]:
+        if self.kind == "events" and self._held:
+            return [self._render_window()]
+        return []
+
+    def _frames(self, batch):
+        t = sch.column(batch, "t")
+        frames = sch.frames_view(batch)
+        return [(max(int(t[i]), 0) * 1000, raw_image(t[i], self.stream, frames[i])) for i in range(len(t))]
+
+    def _events(self, batch):
+        out = []
+        t = sch.column(batch, "t")
+        if self.width is None:  # no size in the schema: grow to what has been seen
+            self.width = int(sch.column(batch, "x").max()) + 1
+            self.height = int(sch.column(batch, "y").max()) + 1
+        start = 0
+        while start < len(t):
+            if self._win_end is None:
+                self._win_end = (int(t[start]) // self.window_us + 1) * self.window_us
+            cut = int(np.searchsorted(t, self._win_end, side="left"))
+            if cut > start:
+                self._held.append(batch.slice(start, cut - start))
+            if cut >= len(t):
+                break
+            out.append(self._render_window())
+            start = cut
+        return out
+
+    def _render_window(self) -> tuple[int, bytes]:
+        held = pa.Table.from_batches(self._held)
+        x = held.column("x").to_numpy()
+        y = held.column("y").to_numpy()
+        p = held.column("p").to_numpy(zero_copy_only=False)
+        img = render_events(x, y, p, self.width, self.height)
+        end = self._win_end
+        self._held, self._win_end = [], None
+        return max(end, 0) * 1000, raw_image(end, self.stream, img)
+
+    def _samples(self, batch):
+        return self._rows(batch)
+
+    def _commands(self, batch):
+        return self._rows(batch)
+
+    def _rows(self, batch):
+        rows = batch.to_pylist()
+        out = []
+        for row in rows:
+            t = row.pop("t", 0) or 0
+            out.append((max(int(t), 0) * 1000, json.dumps({"t_us": t, **row}).encode()))
+        return out
+
+    def _spikes(self, batch):
+        t = sch.column(batch, "t")
+        neurons = sch.column(batch, "neuron")
+        msg = {"t_us": int(t[0]), "count": int(len(t)), "neurons": neurons[:4096].tolist()}
+        return [(max(int(t[0]), 0) * 1000, json.dumps(msg).encode())]
+
+    def latest(self, batch: pa.RecordBatch) -> tuple[int, bytes] | None:
+        """One message standing for the whole batch (live: the last frame, the last row, all events)."""
+        if batch.num_rows == 0 or not self.shown:
+            return None
+        if self.kind == "events":
+            t = sch.column(batch, "t")
+            if self.width is None:
+                self.width = int(sch.column(batch, "x").max()) + 1
+                self.height = int(sch.column(batch, "y").max()) + 1
+            img = render_events(sch.column(batch, "x"), sch.column(batch, "y"), sch.column(batch, "p"),
+                                self.width, self.height)
+            return max(int(t[-1]), 0) * 1000, raw_image(t[-1], self.stream, img)
+        if self.kind == "spikes":
+            return self._spikes(batch)[0]
+        return self.feed(batch.slice(batch.num_rows - 1, 1))[-1]
+
+
+# --- the live tap --------------------------------------------------------------------
+
+
+class FoxgloveTapParams(Params):
+    endpoint: str = Field(..., description="the driver's ZeroMQ PULL endpoint (tcp://127.0.0.1:PORT)")
+    streams: list[str] = Field(..., min_length=1, description="streams shown, as node.port")
+    max_hz: float = Field(30.0, gt=0, le=1000, description="at most this many messages per stream per second")
+    queue: int = Field(64, ge=1, description="messages the socket holds for the driver before it drops")
+
+
+@register
+class FoxgloveTap(Operator):
+    """Hands rate-limited Foxglove messages of each input stream to the driver's live server.
+
+    Added by `reflexarc run --foxglove`; never blocks: a message the driver cannot take at
+    once is dropped for the viewer and counted.
+    """
+
+    name = "foxglove_tap"
+    Params = FoxgloveTapParams
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self.inputs = {s.replace(".", "__"): "any" for s in self.params.streams}
+        self._stream_of = {s.replace(".", "__"): s for s in self.params.streams}
+        self._schemas: dict[str, pa.Schema] = {}
+        self._views: dict[str, View] = {}
+        self._next: dict[str, float] = {}
+        self._sock = None
+        self.sent = self.dropped = self.skipped = 0
+
+    def schemas(self, inputs):
+        return {}
+
+    def setup(self):
+        import zmq
+
+        self._sock = zmq.Context.instance().socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.SNDHWM, self.params.queue)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for a driver not (yet) connected
+        self._sock.connect(self.params.endpoint)
+        self._period = 1.0 / self.params.max_hz
+        self._noblock = zmq.NOBLOCK
+        self._again = zmq.Again
+
+    def process(self, port, batch):
+        now = time.monotonic()
+        if now < self._next.get(port, 0.0):
+            self.skipped += 1  # rate limit: the viewer gets at most max_hz of this stream
+            return None
+        self._next[port] = now + self._period
+        view = self._views.get(port)
+        if view is None:
+            view = self._views[port] = View(self._stream_of[port], sch.unstamp(batch.schema))
+        msg = view.latest(batch)
+        if msg is None:
+            return None
+        log_ns, payload = msg
+        name, enc, data = view.channel_schema() if port not in self._schemas else (None, None, b"")
+        head = json.dumps({"topic": "/" + view.stream, "log_ns": log_ns,
+                           "schema": None if name is None else [name, enc, view.message_encoding]}).encode()
+        parts = [head, data, payload] if name is not None else [head, payload]
+        try:
+            self._sock.send_multipart(parts, flags=self._noblock, copy=False)
+        except self._again:
+            self.dropped += 1  # the driver is behind: the viewer misses this one, the pipeline goes on
+            return None
+        self._schemas[port] = True
+        self.sent += 1
+        return None
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def result(self):
+        return {"sent": self.sent, "skipped_rate_limit": self.skipped, "dropped_driver_busy": self.dropped}
+
+
+# --- the driver's server -------------------------------------------------------------
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ConfigError([Problem(None, "--foxglove", f"'{text}' is not HOST:PORT (e.g. 127.0.0.1:8765)")])
+    return host or "127.0.0.1", int(port)
+
+
+@dataclass
+class ViewerStats:
+    received: int = 0
+    logged: int = 0
+    channels: int = 0
+
+
+class LiveViewer:
+    """The driver side of `--foxglove`: a ZeroMQ PULL socket and foxglove-sdk's WebSocket server.
+
+    `tap(graph)` adds the `foxglove_tap` node; `start()` serves; `stop()` ends both. A
+    message arrives as (header JSON, [schema data,] payload) and is logged on its topic's
+    channel, made on first sight. Slow WebSocket clients are the server's concern: it
+    keeps `backlog` messages per client and drops the oldest (counted by foxglove-sdk).
+    """
+
+    def __init__(self, address: str, max_hz: float = 30.0, streams: list[str] | None = None, backlog: int = 256):
+        import zmq
+
+        self.host, self.port = parse_address(address)
+        self.max_hz, self.streams, self.backlog = max_hz, streams, backlog
+        self._ctx = zmq.Context.instance()
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.RCVHWM, 256)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        port = self._pull.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.server = None
+        self.channels: dict[str, object] = {}
+        self.stats = ViewerStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.tap_result: dict | None = None
+
+    @property
+    def address(self) -> str:
+        port = self.server.port() if self.server is not None else self.port
+        return f"{self.host}:{port}"
+
+    def tap(self, graph) -> None:
+        streams = self.streams or [f"{n.id}.{p}" for n in graph.nodes.values()
+                                   if not n.id.startswith("__") for p in n.op.outputs]
+        if not streams:
+            raise ConfigError([Problem(None, "--foxglove", "the graph has no streams to show")])
+        graph.add("__foxglove__", "foxglove_tap", inputs={s.replace(".", "__"): s for s in streams},
+                  endpoint=self.endpoint, streams=streams, max_hz=self.max_hz)
+
+    def start(self) -> None:
+        import foxglove
+
+        try:
+            self.server = foxglove.start_server(name="reflexarc", host=self.host, port=self.port,
+                                                message_backlog_size=self.backlog)
+        except Exception as exc:  # the port is taken, the host is not ours
+            self._pull.close(0)
+            raise LinkError(f"--foxglove cannot serve on {self.host}:{self.port}: {exc}") from None
+        self._thread = threading.Thread(target=self._pump, name="foxglove-viewer", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        import foxglove
+        import zmq
+
+        poller = zmq.Poller()
+        poller.register(self._pull, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(50):
+                continue
+            while True:
+                try:
+                    parts = self._pull.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.stats.received += 1
+                head = json.loads(parts[0])
+                topic = head["topic"]
+                channel = self.channels.get(topic)
+                if channel is None:
+                    if head.get("schema") is None:
+                        continue  # a message before its schema (the viewer restarted): skip
+                    name, enc, msg_enc = head["schema"]
+                    channel = foxglove.Channel(topic, schema=foxglove.Schema(name=name, encoding=enc, data=parts[1]),
+                                               message_encoding=msg_enc)
+                    self.channels[topic] = channel
+                    self.stats.channels += 1
+                channel.log(parts[-1], log_time=int(head["log_ns"]))
+                self.stats.logged += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        for ch in self.channels.values():
+            ch.close()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        self._pull.close(0)
+
+    def summary_line(self, results: dict | None = None) -> str:
+        tap = (results or {}).get("__foxglove__") or {}
+        return (f"Foxglove: {self.stats.logged} messages on {self.stats.channels} channels served at "
+                f"{self.host}:{self.port}; the tap sent {tap.get('sent', 0)}, left out "
+                f"{tap.get('skipped_rate_limit', 0)} batches over {self.max_hz:g}/s per stream and dropped "
+                f"{tap.get('dropped_driver_busy', 0)} while the server was behind")
+
+
+__all__ = ["FoxgloveTap", "LiveViewer", "View", "raw_image", "render_events"]
