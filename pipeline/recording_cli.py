@@ -39,14 +39,17 @@ def register(subparsers) -> None:
     p.add_argument("--strict", action="store_true", help="refuse a recording that is not complete and undamaged")
     p.set_defaults(func=cmd_replay)
 
-    e = subparsers.add_parser("export", help="export a recording's streams to Parquet or AEDAT4")
+    e = subparsers.add_parser("export", help="export a recording's streams to MCAP (Foxglove), Parquet or AEDAT4")
     e.add_argument("recording", metavar="DIR")
-    e.add_argument("--to", dest="fmt", choices=("parquet", "aedat4"), required=True)
-    e.add_argument("out", metavar="OUT", help="folder (parquet) or .aedat4 file")
+    e.add_argument("--to", dest="fmt", choices=("mcap", "parquet", "aedat4"), required=True)
+    e.add_argument("out", metavar="OUT", help=".mcap file, folder (parquet) or .aedat4 file")
     e.add_argument("--stream", default=None, help="the stream to export (default: all / the only events stream)")
+    e.add_argument("--window-ms", type=float, default=33.0, help="mcap: events rendered as one image per window")
+    e.add_argument("--no-views", action="store_true", help="mcap: only the lossless Arrow channels")
+    e.add_argument("--compression", choices=("zstd", "lz4", "none"), default="zstd", help="mcap chunk compression")
     e.set_defaults(func=cmd_export)
 
-    i = subparsers.add_parser("import", help="turn an event file (AEDAT4, EVT, DAT, ...) into a recording")
+    i = subparsers.add_parser("import", help="turn an event file (AEDAT4, EVT, DAT, ...) or an MCAP file into a recording")
     i.add_argument("file", metavar="FILE")
     i.add_argument("--to", dest="out", required=True, metavar="DIR", help="new recording folder")
     i.add_argument("--op", default=None, help="source operator to read the file with (default by extension)")
@@ -257,7 +260,15 @@ def cmd_export(args) -> int:
     from pipeline.recording import export_aedat4, export_parquet
 
     console = Console()
-    if args.fmt == "parquet":
+    if args.fmt == "mcap":
+        from pipeline.mcap_io import export_mcap
+
+        done = export_mcap(args.recording, args.out, [args.stream] if args.stream else None,
+                           window_ms=args.window_ms, views=not args.no_views, compression=args.compression)
+        for stream, n in done["streams"].items():
+            console.print(f"{stream} -> {done['path']}: /{stream}/arrow ({n['batches']:,} batches, lossless)"
+                          + (f", /{stream} ({n['view_messages']:,} Foxglove messages)" if n["view_messages"] else ""))
+    elif args.fmt == "parquet":
         written = export_parquet(args.recording, args.out, [args.stream] if args.stream else None)
         for stream, path in written.items():
             console.print(f"{stream} -> {path}/ (Parquet dataset)")

@@ -186,7 +186,6 @@ def test_export_events_to_aedat4_and_import_them_back(tmp_path):
     np.testing.assert_array_equal(arr["x"], events.column("x").to_numpy())
     np.testing.assert_array_equal(arr["on"], events.column("p").to_numpy(zero_copy_only=False))
 
-    pytest.importorskip("operators.events")
     assert main(["import", str(target), "--to", str(tmp_path / "back")]) == 0
     back = Recording(tmp_path / "back").table("camera.out")
     assert back.num_rows == events.num_rows
@@ -207,3 +206,122 @@ def test_replay_counts_every_stream_without_a_config(field, capsys):
     summary = json.loads((folder.parent / "s.json").read_text())
     assert summary["run"]["results"]["count__ctrl__out"]["items"] == 100
     assert pa.__version__  # pyarrow present (keeps the import honest)
+
+
+# --- every recording replays, failures say so (#21) -------------------------------------
+
+EVENTS_CFG = Path(__file__).resolve().parents[2] / "configs" / "events_preprocess.yaml"
+
+
+def _events_run(tmp_path, aedat, *extra):
+    return ["run", str(EVENTS_CFG), "--set", f"source.path={aedat}", "--set", "source.synth_gestures=1",
+            "--set", f"preview.png={tmp_path / 'p.png'}", "--set", f"preview.summary={tmp_path / 's.json'}",
+            "--quiet", *extra]
+
+
+@pytest.fixture
+def gestures(tmp_path):
+    """An events-only AEDAT4 file (what most cameras write) and a copy cut off mid-packet."""
+    f = tmp_path / "g.aedat4"
+    assert main(_events_run(tmp_path, f)) == 0  # the synthetic camera writes it
+    cut = tmp_path / "cut.aedat4"
+    data = f.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    return f, cut
+
+
+def test_an_events_only_file_records_and_replays_with_its_empty_ports(gestures, tmp_path, capsys):
+    f, _ = gestures
+    rec = tmp_path / "rec"
+    assert main(_events_run(tmp_path, f, "--record", str(rec))) == 0
+    assert main(["inspect", str(rec)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {s: report["streams"][s]["rows"] for s in ("source.out", "source.frames", "source.imu", "source.triggers")}
+    assert rows["source.out"] > 1000 and rows["source.frames"] == rows["source.imu"] == rows["source.triggers"] == 0
+    assert report["streams"]["source.frames"]["kind"] == "frames"  # the declared schema, not a guess
+    assert main(["replay", str(rec)]) == 0
+    assert main(["replay", str(rec), "--through", str(EVENTS_CFG), "--set", f"preview.png={tmp_path / 'q.png'}",
+                 "--set", f"preview.summary={tmp_path / 'q.json'}", "--golden", str(rec)]) == 0
+    assert "OK: 4 streams compared" in capsys.readouterr().out  # hot, refractory, denoise, frames
+
+
+def test_a_skipped_packet_warns_at_the_end_and_strict_fails_the_run(gestures, tmp_path, capsys):
+    _, cut = gestures
+    capsys.readouterr()
+    assert main(_events_run(tmp_path, cut, "--record", str(tmp_path / "ok"))) == 0
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert len(line) == 1 and "node 'source' (aedat4_source) skipped 1 bad packet" in line[0]
+    assert str(cut) in line[0] and "--strict" in line[0]
+    assert main(_events_run(tmp_path, cut, "--record", str(tmp_path / "strict"), "--strict")) == 1
+    err = capsys.readouterr().err
+    assert f"AEDAT4 file '{cut}' packet" in err and "unreadable" in err
+    manifest = json.loads((tmp_path / "strict" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "unreadable" in manifest["error"]
+    assert main(["inspect", str(tmp_path / "strict")]) == 1
+    assert "not a complete recording: the run that made it failed: " in capsys.readouterr().err
+
+
+def test_a_run_that_raises_leaves_a_failed_recording(gestures, tmp_path, capsys):
+    _, cut = gestures
+    rec = tmp_path / "rec"
+    assert main(_events_run(tmp_path, cut, "--set", "source.on_error=raise", "--record", str(rec))) == 1
+    capsys.readouterr()
+    assert main(["inspect", str(rec)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "failed" and "packet" in report["error"] and not report["ok"]
+    # what was written before the error still replays (a failed run's recording is data)
+    assert main(["replay", str(rec)]) == 0
+    assert "the run that made it failed" in capsys.readouterr().err
+    assert main(["replay", str(rec), "--strict"]) == 1
+
+
+def test_import_skips_a_bad_packet_with_a_warning_and_strict_refuses(gestures, tmp_path, capsys):
+    _, cut = gestures
+    capsys.readouterr()
+    assert main(["import", str(cut), "--to", str(tmp_path / "a")]) == 0
+    assert "skipped 1 bad packet" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "a")]) == 0
+    assert main(["import", str(cut), "--to", str(tmp_path / "b"), "--strict"]) == 1
+    assert "unreadable" in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["status"] == "failed"
+    assert main(["inspect", str(tmp_path / "b")]) == 1
+
+
+def test_a_killed_recording_is_recovered_and_inspect_says_so(field, capsys):
+    folder, _ = field
+    m = json.loads((folder / "manifest.json").read_text())
+    m["status"], m["pid"] = "recording", 2**22 + 12345  # as a SIGKILLed recorder leaves it
+    (folder / "manifest.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(["inspect", str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["status"] == "recovered" and "never closed it" in captured.err
+    assert main(["replay", str(folder), "--streams", "ctrl.out"]) == 0  # still replays
+    assert main(["replay", str(folder), "--strict"]) == 1
+
+
+def test_record_flag_and_a_config_record_block_make_one_tap(tmp_path, capsys):
+    cfg = yaml.safe_load(_config(tmp_path).read_text())
+    cfg["record"] = {"dir": str(tmp_path / "from_config"), "streams": ["eeg.out"], "compression": "lz4"}
+    path = tmp_path / "with_record.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--record", str(tmp_path / "cli"), "--quiet"]) == 0
+    assert "replaces the config's record.dir" in capsys.readouterr().err
+    assert not (tmp_path / "from_config").exists()
+    m = json.loads((tmp_path / "cli" / "manifest.json").read_text())
+    assert list(m["streams"]) == ["eeg.out"] and m["options"]["compression"] == "lz4"
+    assert main(["run", str(path), "--record", str(tmp_path / "cli2"), "--streams", "ctrl.out", "--quiet"]) == 0
+    assert list(json.loads((tmp_path / "cli2" / "manifest.json").read_text())["streams"]) == ["ctrl.out"]
+    assert main(["run", str(path), "--streams", "ctrl.out", "--quiet"]) == 2  # --streams without --record
+    assert "--streams" in capsys.readouterr().err
+
+
+def test_shadow_exit_codes_a_missing_golden_is_bad_input(field, tmp_path, capsys):
+    folder, cfg = field
+    code = main(["replay", str(folder), "--through", str(cfg), "--shadow", "--golden", str(tmp_path / "nope")])
+    assert code == 2
+    assert "--golden" in capsys.readouterr().err
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "manifest.json").write_text("{not json")
+    assert main(["replay", str(folder), "--through", str(cfg), "--shadow", "--golden", str(tmp_path / "junk")]) == 2
