@@ -259,7 +259,7 @@ def print_diff(report: dict, console: Console | None = None) -> None:
 def cmd_export(args) -> int:
     from pipeline.recording import export_aedat4, export_parquet
 
-    console = Console()
+    console = Console(soft_wrap=True)
     if args.fmt == "mcap":
         from pipeline.mcap_io import export_mcap
 
