@@ -29,12 +29,16 @@ import zmq
 
 from edge import keys as K
 from edge import wire
+from edge.model_store import ModelStore
+from edge.shadow import Shadow
 from edge.spool import Spool
 from edge.watchdog import Watchdog
 from pipeline import schemas as sch
-from pipeline.errors import LinkError
+from pipeline.errors import ConfigError, LinkError, ModelError
+from pipeline.operator import Operator, Source
 
 log = logging.getLogger(__name__)
+INITIAL = "initial"  # the model version a config names itself; rolling back to it swaps to path ""
 
 TELEMETRY_FIELDS = {
     "step": "int64", "loop_hz": "float64", "latency_ms": "float64", "drops": "int64",
@@ -45,8 +49,13 @@ TELEMETRY_SCHEMA = sch.commands_schema(TELEMETRY_FIELDS, {"t": "us (wall clock)"
 
 def telemetry_payload(t_us: int, **values) -> bytes:
     """One telemetry row as an Arrow IPC stream (schema + batch), the spool's unit."""
-    cols = {k: np.asarray([values.get(k, 0)], dtype=v) for k, v in TELEMETRY_FIELDS.items()}
-    batch = sch.commands_batch(np.asarray([t_us], dtype=np.int64), TELEMETRY_SCHEMA, **cols)
+    return telemetry_payload_rows([{"t": t_us, **values}])
+
+
+def telemetry_payload_rows(rows: list[dict]) -> bytes:
+    """Telemetry rows (dicts with `t` in us and the TELEMETRY_FIELDS) as one Arrow IPC stream."""
+    cols = {k: np.asarray([r.get(k, 0) for r in rows], dtype=v) for k, v in TELEMETRY_FIELDS.items()}
+    batch = sch.commands_batch(np.asarray([r["t"] for r in rows], dtype=np.int64), TELEMETRY_SCHEMA, **cols)
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, TELEMETRY_SCHEMA) as w:
         w.write_batch(batch)
@@ -64,6 +73,7 @@ class AgentOptions:
     config: str | dict | None = None  # the local pipeline (a YAML path or a dict)
     manager_key: str = "manager"
     telemetry_hz: float = 10.0
+    telemetry_rows: int = 1  # rows per telemetry message: batch them at high rates (the manager's cost is per message)
     heartbeat_s: float = 0.5
     link_timeout_s: float = 2.0
     deadline_ms: float = 250.0
@@ -81,6 +91,8 @@ class Agent:
     """One robot: `Agent(opts).run(stop)` blocks until `stop` is set (or the pipeline ends)."""
 
     def __init__(self, opts: AgentOptions):
+        if not wire.valid_name(opts.name):
+            raise ConfigError(f"robot name {opts.name!r}: use [A-Za-z0-9._-], 1-64 characters, not dots alone")
         self.o = opts
         self.work = Path(opts.work_dir or f".reflexarc/agent-{opts.name}")
         self.stop = threading.Event()
@@ -88,9 +100,18 @@ class Agent:
         self.stats = {"step": 0, "loop_hz": 0.0, "latency_ms": 0.0, "drops": 0, "budget_misses": 0,
                       "safe_states": 0, "fallbacks": 0}
         self.version = "none"
-        self.model_version = "initial"
+        self.model_version = INITIAL
+        self.model_hash: str | None = None
+        self.model_error: str | None = None  # why the last model was refused (the old one stayed)
+        self.config_error: str | None = None  # why the last config could not start
+        self.canary_error: tuple[str, str] | None = None  # (version, why) of a shadow that could not start
+        self.pending_model: dict | None = None  # a live model that came while no pipeline ran
+        self.shadows: dict[str, Shadow] = {}  # node -> the candidate model it runs in shadow
+        self.models = ModelStore(self.work / "models")
+        self.model_path = ""
         self.status = "starting"
-        self.link = {"state": "down", "connects": 0, "sent": 0, "resent": 0, "acked": -1}
+        self.link = {"state": "down", "connects": 0, "sent": 0, "resent": 0, "acked": -1, "received": 0,
+                     "bad": {}, "refused": 0}
         self.spool = Spool(self.work / "spool.bin", opts.mem_bytes)
         self.watchdog: Watchdog | None = None
         self.results: dict = {}
@@ -136,13 +157,65 @@ class Agent:
         elif kind == "deploy":
             return body
         elif kind == "model":
-            version, path = body
-            for op in ops or ():
-                swap = getattr(op, "swap_model", None)
-                if swap is not None:
-                    swap(path, version)
-            self.model_version = version
+            self._model(body, ops)
         return None
+
+    def _model(self, m: dict, ops) -> None:
+        """Swap to a model (`live`), start or end a shadow run of one (`shadow`, `end-shadow`)."""
+        if m["mode"] == "end-shadow" or (m["mode"] == "live" and self.shadows):
+            self._end_shadows()
+        if m["mode"] == "end-shadow":
+            return
+        if ops is None:
+            if m["mode"] == "live":
+                self.pending_model = m  # taken when the next pipeline starts
+            else:
+                self.canary_error = (m["version"], "no pipeline is running to shadow")
+            return
+        takers = [op for op in ops if type(op).swap_model is not Operator.swap_model]
+        if not takers:
+            self._model_failed(m["version"], m["mode"], f"model {m['version']}: no node of the running pipeline "
+                                                        "takes a model (none implements swap_model)")
+            return
+        if m["mode"] == "shadow":
+            self.canary_error = None
+            sources = [op.node for op in takers if isinstance(op, Source)]
+            if sources:
+                self._model_failed(m["version"], "shadow", f"model {m['version']}: node '{sources[0]}' is a source: "
+                                   "its model cannot run in shadow on live data; roll it out live (--fraction)")
+                return
+            try:
+                for op in takers:
+                    self.shadows[op.node] = Shadow(op, m["path"], m["version"])
+            except Exception as exc:
+                self._end_shadows()
+                self._model_failed(m["version"], "shadow", _why(m["version"], op, exc))
+            return
+        swapped = []
+        try:
+            for op in takers:
+                if op.swap_model(m["path"], m["version"]):
+                    swapped.append(op)
+        except Exception as exc:  # the op kept its old model; so must the others
+            for done in swapped:
+                try:
+                    done.swap_model(self.model_path, self.model_version)
+                except Exception:
+                    pass
+            self._model_failed(m["version"], "live", _why(m["version"], op, exc))
+            return
+        if not swapped:
+            self._model_failed(m["version"], "live", f"model {m['version']}: no node took it")
+            return
+        self.model_version, self.model_hash, self.model_path = m["version"], m["sha256"], m["path"]
+        self.model_error = None
+        log.info("agent %s: model %s (%s) live on %s", self.o.name, m["version"], (m["sha256"] or "")[:12],
+                 ", ".join(op.node for op in swapped))
+
+    def _end_shadows(self) -> None:
+        for sh in self.shadows.values():
+            sh.remove()
+        self.shadows = {}
 
     def _run_pipeline(self, config):
         from pipeline.feed import Feed
@@ -160,13 +233,12 @@ class Agent:
                 graph = Graph.from_dict(config)
             graph = graph.check().fresh()
         except Exception as exc:
-            self.errors.append(f"config rejected: {exc}")
-            self.status = "config-error"
+            self._config_failed(config, exc)
             return None
-        self.version = config_version(data)
+        self.version, self.config_error = config_version(data), None
         feed = Feed(graph)
         stage = Stage(graph, [n for n in graph.order if not graph.nodes[n].is_source])
-        ops = list(stage.ops.values())
+        ops = [s.op for s in feed.sources] + list(stage.ops.values())
         self.watchdog = Watchdog([op for op in ops if op.actuator], self.o.deadline_ms)
         switch_to = None
         self.status = "running"
@@ -174,6 +246,7 @@ class Agent:
         try:
             stage.setup()
             feed.setup()
+            self._started(ops)
             self.watchdog.start()
             for _, items in feed:
                 while not self.commands.empty():
@@ -202,11 +275,27 @@ class Agent:
             self.status = "failed"
             self.results = stage.results()
         finally:
+            self._end_shadows()
             self.watchdog.stop()
             self.stats["safe_states"] += self.watchdog.trips
             for e in feed.close() + stage.close():
                 self.errors.append(str(e))
         return switch_to
+
+    def _config_failed(self, config, exc) -> None:
+        where = f"config '{config}'" if isinstance(config, str | Path) else f"config '{_name_of(config)}'"
+        self.config_error = f"{where} rejected: {exc}"[:2000]
+        self.errors.append(self.config_error)
+        self.status = "config-error"
+        log.error("agent %s: %s", self.o.name, self.config_error)
+
+    def _started(self, ops) -> None:
+        """A pipeline is up: take the model that came while none ran, or the one live before."""
+        m, self.pending_model = self.pending_model, None
+        if m is None and self.model_version != INITIAL:
+            m = {"version": self.model_version, "sha256": self.model_hash, "path": self.model_path, "mode": "live"}
+        if m is not None:
+            self._model(m, ops)
 
     def _count(self, feed, stage) -> None:
         snaps = [m.snapshot() for m in feed.metrics.values()] + stage.snapshots()
@@ -217,118 +306,258 @@ class Agent:
     # -- the link thread -------------------------------------------------------------
     def _hello(self) -> dict:
         return {"name": self.o.name, "tags": self.o.tags, "version": self.version,
-                "model_version": self.model_version, "pid": os.getpid(), "status": self.status,
-                "first": self.spool.acked + 1}
+                "model_version": self.model_version, "model_hash": self.model_hash, "pid": os.getpid(),
+                "status": self.status, "first": self.spool.acked + 1}
 
     def _beat(self) -> dict:
-        return {**self._hello(), **self.stats, "buffered": len(self.spool), "spilled": self.spool.spilled,
-                "safe_states": self.stats["safe_states"] + (self.watchdog.trips if self.watchdog else 0)}
+        shadows = [s.report() for s in self.shadows.values()]
+        canary = None
+        if shadows:
+            canary = {"version": shadows[0]["version"], **{k: sum(s[k] for s in shadows)
+                                                           for k in ("calls", "compared", "agree", "errors")},
+                      "error": next((s["error"] for s in shadows if s["error"]), None),
+                      **{k: max((s[k] or 0.0) for s in shadows) for k in ("live_p99_ms", "shadow_p99_ms")}}
+        elif self.canary_error is not None:
+            canary = {"version": self.canary_error[0], "error": self.canary_error[1]}
+        return {**self._hello(), **{k: v for k, v in self.stats.items() if k in wire.ROBOT},
+                "buffered": len(self.spool), "spilled": self.spool.spilled,
+                "safe_states": self.stats["safe_states"] + (self.watchdog.trips if self.watchdog else 0),
+                "model_error": self.model_error, "config_error": self.config_error, "canary": canary}
+
+    def _sample(self) -> dict:
+        return {**self.stats, "buffered": len(self.spool)}
 
     def _link(self) -> None:
-        o = self.o
         ctx = zmq.Context()
-        sock = K.client_socket(ctx, zmq.DEALER, Path(o.keys) / f"{o.name}.key_secret",
-                               Path(o.keys) / f"{o.manager_key}.key")
-        sock.immediate = True  # queue nothing on a dead connection: the spool holds it
-        sock.sndhwm = o.window * 2
-        sock.reconnect_ivl, sock.reconnect_ivl_max = 100, 1000
-        sock.connect(o.manager)
-        now = time.monotonic()
-        heard = -1e9
-        welcomed = False
-        next_tel = next_hb = now
-        send_from = 0
-        last_progress = now
-        resend_wait = o.resend_s
-        done_at = None
+        link = Link(self.o, ctx, self.spool, hello=self._hello, beat=self._beat, sample=self._sample,
+                    on_command=self._command)
+        self.link = link.stats
         try:
             while True:
                 now = time.monotonic()
-                if self._done and done_at is None:
-                    done_at = now
-                    next_hb = now  # tell the manager how the loop ended
-                if done_at is not None and ((not len(self.spool) and now > done_at + 0.05) or now - done_at > o.linger_s):
+                if self._done and link.done_at is None:
+                    link.finish(now)  # tell the manager how the loop ended, deliver what is spooled
+                if link.finished(now):
                     break
-                if done_at is None and now >= next_tel:
-                    s = self.stats
-                    payload = telemetry_payload(time.time_ns() // 1000, **s, buffered=len(self.spool))
-                    self.spool.push(payload)
-                    next_tel = max(next_tel + 1.0 / o.telemetry_hz, now - 1.0)
-                up = now - heard < o.link_timeout_s
-                if not up and self.link["state"] == "up":
-                    self.link["state"] = "down"
-                    welcomed = False
-                if now >= next_hb:
-                    next_hb = now + o.heartbeat_s
-                    kind = b"hb" if welcomed else b"hello"
-                    try:
-                        wire.send(sock, kind, self._beat() if welcomed else self._hello(), flags=zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass
-                if welcomed:
-                    if len(self.spool) and now - last_progress > resend_wait and send_from > self.spool.acked + 1:
-                        send_from = self.spool.acked + 1  # go back N: the manager may have lost them
-                        self.link["resent"] += 1
-                        last_progress = now
-                        resend_wait = min(resend_wait * 2, 16 * o.resend_s)  # a slow manager is not flooded
-                    send_from = max(send_from, self.spool.acked + 1)
-                    room = o.window - (send_from - self.spool.acked - 1)
-                    for seq, payload in self.spool.since(send_from, max(room, 0)):
-                        try:
-                            wire.send(sock, b"tel", {"seq": seq}, extra=[payload], flags=zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        send_from = seq + 1
-                        self.link["sent"] += 1
-                while sock.poll(0):
-                    parts = sock.recv_multipart(copy=False)
-                    heard = time.monotonic()
-                    try:
-                        kind, head, frames = wire.parse(parts)
-                    except LinkError as exc:
-                        log.warning("agent %s: %s", o.name, exc)
-                        continue
-                    if kind == b"welcome":
-                        acked = int(head.get("acked", -1))
-                        if not welcomed and self.spool.acked < 0 and acked >= 0 and self.link["connects"] == 0:
-                            self.spool.rebase(acked + 1)  # a restarted robot continues its stream
-                        welcomed = True
-                        self.link["state"] = "up"
-                        self.link["connects"] += 1
-                        self.spool.ack(acked)
-                        send_from = self.spool.acked + 1
-                        last_progress, resend_wait = heard, o.resend_s
-                    elif kind == b"ack":
-                        if head["seq"] > self.spool.acked:
-                            last_progress, resend_wait = heard, o.resend_s
-                        self.spool.ack(int(head["seq"]))
-                        self.link["acked"] = self.spool.acked
-                    elif kind == b"nack":
-                        send_from = max(int(head["expect"]), self.spool.acked + 1)
-                        last_progress = heard
-                    elif kind == b"who":
-                        welcomed = False
-                        next_hb = heard
-                    elif kind in (b"deploy", b"model", b"stop"):
-                        self._command(kind, head, frames)
-                sock.poll(5)
+                link.tick(now)
+                link.receive()
+                link.sock.poll(5)
         finally:
-            sock.close(linger=0)
+            link.close()
             ctx.term()
 
     def _command(self, kind: bytes, head: dict, frames: list) -> None:
+        """A checked command from the manager (link thread): queue it for the loop thread."""
         if kind == b"stop":
             self.commands.put(("stop", head.get("reason", "manager")))
         elif kind == b"deploy":
             self.commands.put(("deploy", head["config"]))
         elif kind == b"model":
-            version = head["version"]
-            folder = self.work / "models" / version
-            if frames:
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / head["file"]).write_bytes(bytes(frames[0].buffer))
-            path = folder / head.get("file", "")
-            self.commands.put(("model", (version, str(path))))
+            version, mode = head["version"], head.get("mode", "live")
+            if mode == "end-shadow" or version == INITIAL:
+                self.commands.put(("model", {"version": version, "mode": mode, "path": "", "sha256": None}))
+                return
+            try:
+                if frames:
+                    sha, path = self.models.put(version, head.get("file", "model.bin"), bytes(frames[0].buffer))
+                    if head.get("sha256") not in (None, sha):
+                        raise ModelError(f"model {version}: content hash {sha[:12]} is not the announced "
+                                         f"{head['sha256'][:12]} (corrupted in transit?)")
+                else:
+                    got = self.models.get(version)
+                    if got is None:
+                        raise ModelError(f"model {version} is not held here and the manager sent no file")
+                    sha, _, path = got
+            except ModelError as exc:
+                self._model_failed(version, mode, str(exc))
+                return
+            self.commands.put(("model", {"version": version, "mode": mode, "path": str(path), "sha256": sha}))
+
+    def _model_failed(self, version: str, mode: str, reason: str) -> None:
+        log.warning("agent %s: %s", self.o.name, reason)
+        if mode == "shadow":
+            self.canary_error = (version, reason)
+        else:
+            self.model_error = reason
+
+
+class Link:
+    """The robot's side of its manager link, one DEALER socket: hello and heartbeats, spooled
+    telemetry (go-back-N with cumulative acks), checked commands in.
+
+    Single-threaded and non-blocking: its owner calls `tick(now)` and `receive()` in a loop,
+    so one thread can drive one link (the agent) or many (the fleet benchmark's robots).
+    `sample()` gives one telemetry row's values; rows are batched `telemetry_rows` to a
+    message. Every message from the manager is checked (`edge.wire.check`) before use; a bad
+    one is counted by kind (`stats["bad"]`) and logged, at most a few times per kind. A key
+    the manager refuses is logged once, with the manager's address (`stats["state"]` is
+    `refused`).
+    """
+
+    KINDS = (b"welcome", b"ack", b"nack", b"who", b"hb", b"deploy", b"model", b"stop")
+
+    def __init__(self, o: AgentOptions, ctx: zmq.Context, spool: Spool, hello, beat, sample, on_command):
+        self.o, self.spool = o, spool
+        self.hello, self.beat, self.sample, self.on_command = hello, beat, sample, on_command
+        self.sock = K.client_socket(ctx, zmq.DEALER, Path(o.keys) / f"{o.name}.key_secret",
+                                    Path(o.keys) / f"{o.manager_key}.key")
+        self.sock.immediate = True  # queue nothing on a dead connection: the spool holds it
+        self.sock.sndhwm = o.window * 2
+        self.sock.reconnect_ivl, self.sock.reconnect_ivl_max = 100, 1000
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.sock.connect(o.manager)
+        self.stats = {"state": "down", "connects": 0, "sent": 0, "resent": 0, "acked": -1, "received": 0,
+                      "bad": {}, "refused": 0}
+        now = time.monotonic()
+        self.heard = -1e9
+        self.welcomed = False
+        self.next_tel = self.next_hb = now
+        self.send_from = 0
+        self.sent_max = spool.acked
+        self.last_progress = now
+        self.resend_wait = o.resend_s
+        self.done_at: float | None = None
+        self.rows: list[dict] = []
+        self.refused_logged = False
+
+    def finish(self, now: float) -> None:
+        self.done_at = now
+        self.next_hb = now
+        if self.rows:
+            self.spool.push(telemetry_payload_rows(self.rows))
+            self.rows = []
+
+    def finished(self, now: float) -> bool:
+        return self.done_at is not None and (
+            (not len(self.spool) and now > self.done_at + 0.05) or now - self.done_at > self.o.linger_s)
+
+    def tick(self, now: float) -> None:
+        o, spool = self.o, self.spool
+        if self.done_at is None and now >= self.next_tel:
+            self.rows.append({"t": time.time_ns() // 1000, **self.sample()})
+            if len(self.rows) >= o.telemetry_rows:
+                spool.push(telemetry_payload_rows(self.rows))
+                self.rows = []
+            self.next_tel = max(self.next_tel + 1.0 / o.telemetry_hz, now - 1.0)
+        if now - self.heard >= o.link_timeout_s and self.stats["state"] == "up":
+            self.stats["state"] = "down"
+            self.welcomed = False
+        if now >= self.next_hb:
+            self.next_hb = now + o.heartbeat_s
+            self._watch_monitor()
+            try:
+                if self.welcomed:
+                    wire.send(self.sock, b"hb", self.beat(), flags=zmq.NOBLOCK)
+                else:
+                    wire.send(self.sock, b"hello", self.hello(), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        if not self.welcomed:
+            return
+        if len(spool) and now - self.last_progress > self.resend_wait and self.send_from > spool.acked + 1:
+            self.send_from = spool.acked + 1  # go back N: the manager may have lost them
+            self.stats["resent"] += 1
+            self.last_progress = now
+            self.resend_wait = min(self.resend_wait * 2, 16 * o.resend_s)  # a slow manager is not flooded
+        self.send_from = max(self.send_from, spool.acked + 1)
+        room = o.window - (self.send_from - spool.acked - 1)
+        if room <= 0:
+            return
+        for seq, payload in spool.since(self.send_from, room):
+            try:
+                wire.send(self.sock, b"tel", {"seq": seq}, extra=[payload], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.send_from = seq + 1
+            self.sent_max = max(self.sent_max, seq)
+            self.stats["sent"] += 1
+
+    def _watch_monitor(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self.monitor.poll(0):
+            try:
+                event = recv_monitor_message(self.monitor, flags=zmq.NOBLOCK)["event"]
+            except (zmq.ZMQError, ValueError, KeyError):
+                return
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.stats["refused"] += 1
+                self.stats["state"] = "refused"
+                if not self.refused_logged:
+                    self.refused_logged = True
+                    log.error("agent %s: the manager at %s refused this robot's key (%s): is %s.key in the "
+                              "manager's authorized/ folder?", self.o.name, self.o.manager,
+                              Path(self.o.keys) / f"{self.o.name}.key_secret", self.o.name)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.refused_logged = False
+
+    def receive(self) -> None:
+        while self.sock.poll(0):
+            parts = self.sock.recv_multipart(copy=False)
+            self.stats["received"] += 1
+            try:
+                kind, head, frames = wire.parse(parts)
+                wire.check(kind, head, frames, wire.MANAGER, wire.MANAGER_REQUIRED, kinds=self.KINDS)
+                self._on(kind, head, frames)
+            except LinkError as exc:
+                self._bad(parts, exc)
+
+    def _bad(self, parts, exc) -> None:
+        kind = bytes(parts[0].buffer[:16]).decode("ascii", "replace") if parts else "empty"
+        kind = kind if kind.isidentifier() else "other"
+        n = self.stats["bad"][kind] = self.stats["bad"].get(kind, 0) + 1
+        if n <= 3 or n % 1000 == 0:
+            log.warning("agent %s: bad '%s' message from the manager (%d so far): %s", self.o.name, kind, n, exc)
+
+    def _on(self, kind: bytes, head: dict, frames: list) -> None:
+        spool, now = self.spool, time.monotonic()
+        self.heard = now
+        if kind == b"welcome":
+            acked = head["acked"]
+            if not self.welcomed and spool.acked < 0 and acked >= 0 and self.stats["connects"] == 0:
+                spool.rebase(acked + 1)  # a restarted robot continues its stream
+            if acked >= spool.next_seq:
+                raise LinkError(f"welcome acknowledges {acked}, beyond the last message made ({spool.next_seq - 1})")
+            self.welcomed = True
+            self.stats["state"] = "up"
+            self.stats["connects"] += 1
+            spool.ack(acked)
+            self.stats["acked"] = spool.acked
+            self.send_from = spool.acked + 1
+            self.sent_max = max(self.sent_max, spool.acked)
+            self.last_progress, self.resend_wait = now, self.o.resend_s
+        elif kind == b"ack":
+            if head["seq"] > self.sent_max:
+                raise LinkError(f"ack of {head['seq']}, never sent (sent up to {self.sent_max})")
+            if head["seq"] > spool.acked:
+                self.last_progress, self.resend_wait = now, self.o.resend_s
+            spool.ack(head["seq"])
+            self.stats["acked"] = spool.acked
+        elif kind == b"nack":
+            self.send_from = min(max(head["expect"], spool.acked + 1), spool.next_seq)
+            self.last_progress = now
+        elif kind == b"who":
+            self.welcomed = False
+            self.next_hb = now
+        elif kind in (b"deploy", b"model", b"stop"):
+            self.on_command(kind, head, frames)
+
+    def close(self) -> None:
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
+
+
+def _why(version: str, op, exc: Exception) -> str:
+    """Why `op` refused model `version`: a ModelError already says where; anything else is named."""
+    return str(exc) if isinstance(exc, ModelError) else f"model {version}: node '{op.node}': {type(exc).__name__}: {exc}"
+
+
+def _name_of(data) -> str:
+    return str(data.get("name", "pipeline"))[:64] if isinstance(data, dict) else type(data).__name__
 
 
 def config_version(data: dict) -> str:

@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--deadline-ms", type=float, default=250.0, help="watchdog deadline per wave")
     p.add_argument("--work-dir", default=None, help="spool and received models (default .reflexarc/agent-NAME)")
     p.add_argument("--exit-when-done", action="store_true", help="exit when the pipeline ends")
+    p.add_argument("--telemetry-rows", type=int, default=1, help="telemetry rows per message (batch at high rates)")
     p.add_argument("--mem-kb", type=int, default=4096, help="telemetry kept in memory before spilling to disk")
     p.set_defaults(func=cmd_edge_run)
 
@@ -28,10 +29,12 @@ def register(subparsers) -> None:
     p = ksub.add_parser("init", help="manager + admin key pairs (and robots') in a folder")
     p.add_argument("folder")
     p.add_argument("--agents", default="", help="comma-separated robot names")
+    p.add_argument("--force", action="store_true", help="replace existing key pairs (deployed robots lose access)")
     p.set_defaults(func=cmd_keys_init)
     p = ksub.add_parser("add", help="a key pair for a robot, authorized with the manager")
     p.add_argument("folder")
     p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="replace the robot's existing key pair")
     p.set_defaults(func=cmd_keys_add)
 
 
@@ -43,7 +46,7 @@ def cmd_edge_run(args) -> int:
     agent = Agent(AgentOptions(
         name=args.name, manager=args.manager, keys=args.keys,
         tags=[t for t in args.tags.split(",") if t], config=None if args.config == "none" else args.config,
-        telemetry_hz=args.telemetry_hz, deadline_ms=args.deadline_ms, work_dir=args.work_dir,
+        telemetry_hz=args.telemetry_hz, telemetry_rows=max(1, args.telemetry_rows), deadline_ms=args.deadline_ms, work_dir=args.work_dir,
         exit_when_done=args.exit_when_done, mem_bytes=args.mem_kb * 1024,
     ))
     try:
@@ -58,7 +61,7 @@ def cmd_edge_run(args) -> int:
 def cmd_keys_init(args) -> int:
     from edge.keys import init_fleet
 
-    made = init_fleet(args.folder, [a for a in args.agents.split(",") if a])
+    made = init_fleet(args.folder, [a for a in args.agents.split(",") if a], force=args.force)
     for name, path in made.items():
         print(f"{name}: {path}")
     return 0
@@ -67,6 +70,6 @@ def cmd_keys_init(args) -> int:
 def cmd_keys_add(args) -> int:
     from edge.keys import make_pair
 
-    public, secret = make_pair(args.folder, args.name, authorize=True)
+    public, secret = make_pair(args.folder, args.name, authorize=True, force=args.force)
     print(f"{args.name}: {public} (secret {secret}); copy the secret and manager.key to the robot")
     return 0

@@ -18,8 +18,31 @@ from pipeline.errors import ConfigError
 AUTHORIZED = "authorized"
 
 
-def make_pair(folder: str | Path, name: str, authorize: bool = False) -> tuple[Path, Path]:
-    """Create NAME.key / NAME.key_secret in `folder` (and authorize the public key)."""
+def existing(folder: str | Path, names) -> list[str]:
+    """Which of `names` already have a key pair (or an authorized key) in `folder`."""
+    folder = Path(folder)
+    return [n for n in names if any(p.exists() for p in (folder / f"{n}.key", folder / f"{n}.key_secret",
+                                                         folder / AUTHORIZED / f"{n}.key"))]
+
+
+def _check_new(folder: str | Path, names, force: bool) -> None:
+    from edge.wire import valid_name
+
+    bad = [n for n in names if not valid_name(n)]
+    if bad:
+        raise ConfigError(f"key names {bad}: use [A-Za-z0-9._-], 1-64 characters, not dots alone")
+    taken = existing(folder, names)
+    if taken and not force:
+        raise ConfigError(f"'{folder}' already holds keys for {', '.join(taken)}: regenerating them would lock out "
+                          "every robot that pins or holds them; pass --force to replace them")
+
+
+def make_pair(folder: str | Path, name: str, authorize: bool = False, force: bool = False) -> tuple[Path, Path]:
+    """Create NAME.key / NAME.key_secret in `folder` (and authorize the public key).
+
+    Refuses (ConfigError) to replace an existing pair unless `force`.
+    """
+    _check_new(folder, [name], force)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(folder), name)
@@ -30,11 +53,17 @@ def make_pair(folder: str | Path, name: str, authorize: bool = False) -> tuple[P
     return Path(public), Path(secret)
 
 
-def init_fleet(folder: str | Path, agents: list[str] = ()) -> dict[str, Path]:
-    """Keys for a manager, an admin (the `fleet` CLI) and each named agent."""
-    made = {"manager": make_pair(folder, "manager")[0], "admin": make_pair(folder, "admin", authorize=True)[0]}
+def init_fleet(folder: str | Path, agents: list[str] = (), force: bool = False) -> dict[str, Path]:
+    """Keys for a manager, an admin (the `fleet` CLI) and each named agent.
+
+    Refuses, before writing anything, when any of them exists already, unless `force`.
+    """
+    names = ["manager", "admin", *agents]
+    _check_new(folder, names, force)
+    made = {"manager": make_pair(folder, "manager", force=True)[0],
+            "admin": make_pair(folder, "admin", authorize=True, force=True)[0]}
     for name in agents:
-        made[name] = make_pair(folder, name, authorize=True)[0]
+        made[name] = make_pair(folder, name, authorize=True, force=True)[0]
     return made
 
 

@@ -16,7 +16,7 @@ def main(argv=None) -> int:
         return args.func(args)
     except ReflexarcError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -36,13 +36,35 @@ def status_table(report: dict):
 
     t = Table(title=f"fleet: {len(report['agents'])} robots  {json.dumps(report['counters'])}")
     cols = ("name", "tags", "version", "model", "status", "loop Hz", "lat ms", "drops", "safe",
-            "buffered", "link", "last seen s", "received", "p99 delay ms")
+            "buffered", "link", "last seen s", "received", "p99 delay ms", "canary / problem")
+    left = ("name", "tags", "version", "model", "status", "link", "canary / problem")
     for c in cols:
-        t.add_column(c, justify="left" if c in ("name", "tags", "version", "model", "status", "link") else "right")
+        t.add_column(c, justify="left" if c in left else "right", overflow="fold")
     for a in report["agents"]:
         link = {"up": "[green]up[/]", "lost": "[red]lost[/]"}.get(a["link"], a["link"])
-        t.add_row(a["name"], ",".join(a["tags"]), a["version"], a["model"], a["status"], f"{a['loop_hz']:.1f}",
+        model = f"{a['model']} {a['model_hash'][:8]}" if a.get("model_hash") else a["model"]
+        t.add_row(a["name"], ",".join(a["tags"]), a["version"], model, a["status"], f"{a['loop_hz']:.1f}",
                   f"{a['latency_ms']:.2f}", str(a["drops"]), str(a["safe_states"]), str(a["buffered"]), link,
                   "-" if a["last_seen_s"] is None else f"{a['last_seen_s']:.1f}", f"{a['received']:,}",
-                  "-" if a["delay_p99_ms"] is None else f"{a['delay_p99_ms']:.1f}")
+                  "-" if a["delay_p99_ms"] is None else f"{a['delay_p99_ms']:.1f}", problem(a))
+    ro = report.get("rollout")
+    if ro:
+        t.caption = (f"rollout {ro['candidate']} ({ro['sha256'][:8]}) {ro['mode']} on {', '.join(ro['canary'])}"
+                     + (f", promotes at agreement >= {ro['threshold']} over {ro['window']}" if ro["mode"] == "shadow"
+                        else ""))
+    elif report.get("rollouts"):
+        last = report["rollouts"][-1]
+        t.caption = f"last rollout: {last['verdict']} {last['candidate']}: {last['why']}"
     return t
+
+
+def problem(row: dict) -> str:
+    """The table's last column: a canary in progress, or why a config or model was refused."""
+    c = row.get("canary")
+    if c and not c.get("error"):
+        return (f"[yellow]canary {c.get('version')}[/]: {c.get('agree', 0)}/{c.get('compared', 0)} agree, "
+                f"p99 {c.get('shadow_p99_ms') or 0:.1f} vs {c.get('live_p99_ms') or 0:.1f} ms")
+    for text in (c and c.get("error"), row.get("config_error"), row.get("model_error")):
+        if text:
+            return f"[red]{text[:300]}[/]"
+    return ""

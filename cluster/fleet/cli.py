@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+from edge.wire import valid_name
 from pipeline.errors import ConfigError
 
 
@@ -41,11 +42,18 @@ def register(subparsers) -> None:
     p.add_argument("--to", default="all", help="NAME[,NAME], tag:TAG or all")
     p.set_defaults(func=cmd_deploy)
 
-    p = sub.add_parser("rollout", help="send a new model version to a fraction of the robots")
+    p = sub.add_parser("rollout", help="send a new model version to a fraction of the robots (or canary it)")
     _common(p)
     p.add_argument("model", help="the model file (e.g. a .nir)")
-    p.add_argument("--version", required=True)
-    p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument("--version", required=True, help="its name: [A-Za-z0-9._-], not dots alone")
+    p.add_argument("--fraction", type=float, default=0.1, help="live on this share of the robots")
+    p.add_argument("--canary", default=None, metavar="PCT%%|NAME[,NAME]",
+                   help="run it in shadow on this share (10%%) or these robots, then promote or roll back by itself")
+    p.add_argument("--threshold", type=float, default=0.95, help="canary: agreement needed to promote")
+    p.add_argument("--window", type=int, default=20, help="canary: decisions compared per robot before a verdict")
+    p.add_argument("--latency-factor", type=float, default=3.0,
+                   help="canary: roll back when the shadow's p99 latency exceeds this x the live model's (+1 ms)")
+    p.add_argument("--canary-timeout-s", type=float, default=600.0, help="canary: roll back without a verdict after")
     p.add_argument("--to", default="all")
     p.set_defaults(func=cmd_rollout)
 
@@ -135,12 +143,20 @@ def cmd_deploy(args) -> int:
     import yaml
 
     from cluster.fleet.admin import request
+    from pipeline.graph import Graph
 
     try:
         config = yaml.safe_load(Path(args.config).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config '{args.config}': {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"config '{args.config}' is {'empty' if config is None else 'not a mapping'}: "
+                          "expected name and nodes")
+    Graph.from_dict(config, source=args.config).check()  # ConfigError (exit 2) lists every problem
     reply = request(args.manager, args.keys, "deploy", config=config, target=args.to)
+    if not reply.get("ok"):
+        print(f"error: {reply.get('error')}")
+        return 1
     print(f"deployed {reply['version']} to {len(reply['agents'])} robot(s): {', '.join(reply['agents'])}")
     return 0
 
@@ -149,12 +165,50 @@ def cmd_rollout(args) -> int:
     from cluster.fleet.admin import request
 
     path = Path(args.model)
+    if not valid_name(args.version):
+        raise ConfigError(f"--version {args.version!r}: use [A-Za-z0-9._-], 1-64 characters, not dots alone")
     if not path.is_file():
         raise ConfigError(f"model file '{path}' does not exist")
-    reply = request(args.manager, args.keys, "rollout", data=path.read_bytes(), version=args.version,
-                    file=path.name, fraction=args.fraction, target=args.to)
-    print(f"rolled out {args.version} to {len(reply['canary'])} robot(s): {', '.join(reply['canary'])}")
+    if not valid_name(path.name):
+        raise ConfigError(f"model file name '{path.name}': use [A-Za-z0-9._-] (rename the file)")
+    if not 0 < args.fraction <= 1:
+        raise ConfigError(f"--fraction {args.fraction}: expected a share in (0, 1]")
+    head = dict(version=args.version, file=path.name, fraction=args.fraction, target=args.to)
+    if args.canary is not None:
+        head["canary"] = canary_request(args)
+    reply = request(args.manager, args.keys, "rollout", data=path.read_bytes(), **head)
+    if not reply.get("ok"):
+        print(f"error: {reply.get('error')}")
+        return 1
+    how = "in shadow (canary) " if reply.get("mode") == "shadow" else ""
+    print(f"rolled out {args.version} ({reply['sha256'][:12]}) {how}to {len(reply['canary'])} robot(s): "
+          f"{', '.join(reply['canary'])}")
     return 0
+
+
+def canary_request(args) -> dict:
+    """The `canary` object of a rollout request from `--canary 10%` or `--canary r1,r2` and its options."""
+    spec = args.canary.strip()
+    out = {"threshold": args.threshold, "window": args.window, "timeout_s": args.canary_timeout_s,
+           "latency_factor": args.latency_factor}
+    if spec.endswith("%"):
+        try:
+            pct = float(spec[:-1])
+        except ValueError:
+            pct = -1.0
+        if not 0 < pct <= 100:
+            raise ConfigError(f"--canary {spec!r}: expected a share like 10% (0-100]")
+        out["fraction"] = pct / 100.0
+    else:
+        names = [n for n in spec.split(",") if n]
+        bad = [n for n in names if not valid_name(n)]
+        if not names or bad:
+            raise ConfigError(f"--canary {spec!r}: expected 10% or robot names NAME[,NAME]")
+        out["robots"] = names
+    if not 0 <= args.threshold <= 1 or args.window < 1 or args.latency_factor < 1 or args.canary_timeout_s <= 0:
+        raise ConfigError("--threshold must be in [0, 1], --window >= 1, --latency-factor >= 1, "
+                          "--canary-timeout-s > 0")
+    return out
 
 
 def cmd_admin(args) -> int:
@@ -164,5 +218,6 @@ def cmd_admin(args) -> int:
     if not reply.get("ok"):
         print(reply.get("error"))
         return 1
-    print(f"{args.op}: {', '.join(reply.get('agents', []))}")
+    why = f" ({reply['why']})" if reply.get("why") else ""
+    print(f"{args.op}: {', '.join(reply.get('agents', []))}{why}")
     return 0

@@ -27,7 +27,7 @@ from operators.control.sim import (
     profile,
 )
 from pipeline import schemas as sch
-from pipeline.errors import DataError
+from pipeline.errors import DataError, ModelError
 from pipeline.operator import Operator, Params, Source, SourceParams, register
 
 TELEMETRY = ["setpoint", "z", "measured", "u", "applied", "safe", "nan_reading"]
@@ -103,6 +103,37 @@ class BlimpLoop(Source):
             yield "telemetry", sch.samples_batch(t, rows, out["telemetry"])
             yield "command", sch.commands_batch(t, out["command"], thrust=rows[:, 4].astype(np.float32),
                                                 safe=rows[:, 5].astype(np.int8))
+
+    def swap_model(self, path: str, version: str) -> bool:
+        """Fly on the evolved SNN model at `path` ("" = the configured one) from the next tick on.
+
+        Only an `snn` controller takes a model. The new one must load, have consistent finite
+        arrays (`SNNModel.check`), run at this loop's rate, and give a finite command on a probe
+        step before it replaces the flying controller; otherwise ModelError, and the old one stays.
+        The new controller starts from rest (its own network state), at the last altitude read.
+        """
+        from operators.control.snn import SNNController, SNNModel
+
+        if self.params.controller != "snn":
+            return False
+        where = f"node '{self.node}': model {version}"
+        try:
+            model = SNNModel.load(path or self.params.model).check(where)
+        except DataError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+        dt = 1.0 / self.params.rate_hz
+        if abs(model.dt_s - dt) > 1e-9:
+            raise ModelError(f"{where} was evolved at dt {model.dt_s} s; this loop runs at {dt} s")
+        ctl = SNNController(model, self.params.plant.motor.u_max)
+        try:
+            u = SNNController(model, self.params.plant.motor.u_max).step(self.params.base_m, self.params.base_m)
+        except Exception as exc:
+            raise ModelError(f"{where} fails a probe step: {type(exc).__name__}: {exc}") from None
+        if not np.isfinite(u):
+            raise ModelError(f"{where} gives a non-finite command on a probe step")
+        ctl.prev = getattr(self.loop.controller, "prev", float("nan"))
+        self.loop.controller = ctl
+        return True
 
     def state(self):
         loop = getattr(self, "loop", None)

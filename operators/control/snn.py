@@ -85,15 +85,37 @@ class SNNModel:
             data = json.loads(path.read_text())
         except OSError as exc:
             raise DataError(f"cannot read SNN model '{path}': {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"SNN model '{path}' is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise DataError(f"SNN model '{path}' is not a JSON object")
         missing = set(ARRAYS) - set(data)
         if missing:
             raise DataError(f"SNN model '{path}' lacks {sorted(missing)}")
         if not isinstance(data.get("substeps", 1), int) or data.get("substeps", 1) < 1:
             raise DataError(f"SNN model '{path}': substeps must be a positive integer, got {data.get('substeps')!r}")
-        kw = {k: (np.asarray(v, dtype=np.float64) if k in ARRAYS else v) for k, v in data.items()}
-        return cls(**kw)
+        try:
+            kw = {k: (np.asarray(v, dtype=np.float64) if k in ARRAYS else v) for k, v in data.items()}
+            return cls(**kw)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"SNN model '{path}' has a bad field: {exc}") from None
+
+
+    def check(self, where: str = "SNN model") -> SNNModel:
+        """Raise DataError unless every array has the shape the others imply and is finite."""
+        N, P, H = self.nets, self.pairs, self.hidden_size
+        want = {"in_scale": (N,), "enc_w": (N, P), "enc_wd": (N, P), "enc_b": (N, P), "w_hid": (N, 2 * P, H),
+                "w_rec": (N, H, H), "hid_b": (N, H), "hid_c": (N, H), "w_out": (N, H), "decay": (N, 6)}
+        for name, shape in want.items():
+            a = getattr(self, name)
+            if a.shape != shape:
+                raise DataError(f"{where}: '{name}' has shape {a.shape}, expected {shape} "
+                                f"({N} networks, {P} pairs, {H} hidden)")
+            if not np.all(np.isfinite(a)):
+                raise DataError(f"{where}: '{name}' holds NaN or infinite values")
+        if not (isinstance(self.dt_s, int | float) and self.dt_s > 0):
+            raise DataError(f"{where}: dt_s must be a positive number, got {self.dt_s!r}")
+        return self
 
 
 # --- genome <-> model -----------------------------------------------------------------

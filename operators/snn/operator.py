@@ -26,7 +26,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import schemas as sch
-from pipeline.errors import ConfigError, SchemaError
+from pipeline.errors import ConfigError, ModelError, ReflexarcError, SchemaError
 from pipeline.operator import Operator, Params, register
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "gesture.nir"
@@ -173,6 +173,54 @@ class Snn(Operator):
         for i, name in enumerate(self.labels):
             cols[f"score_{name}"] = [float(r[4][i]) for r in rows]
         return sch.commands_batch([r[0] for r in rows], self.schema, **cols)
+
+    def swap_model(self, path: str, version: str) -> bool:
+        """Switch to the NIR model at `path` ("" = the configured one), checked in full first.
+
+        The new network must read frames of the shape the running one reads (the upstream
+        port's), output one score per label of the running one (the output schema does not
+        change while running), declare the same labels if it declares any, hold finite
+        parameters and produce finite scores on a blank frame. Any failure raises ModelError
+        and the old network stays. A gesture in progress restarts on the new network.
+        """
+        from operators.snn import nir_io
+
+        target = Path(path) if path else model_path(self.params)
+        where = f"node '{self.node}': model {version} ('{target.name}')"
+        try:
+            graph = nir_io.read(target)
+            net, meta = nir_io.from_nir(graph, where=f"model '{target}'"), nir_io.metadata(graph)
+        except ReflexarcError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+        except Exception as exc:  # a model file is untrusted input
+            raise ModelError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from None
+        if tuple(net.input_shape) != tuple(self._net.input_shape):
+            raise ModelError(f"{where} reads frames of shape {tuple(net.input_shape)}; the upstream port sends "
+                             f"{tuple(self._net.input_shape)}")
+        if tuple(net.output_shape) != (len(self.labels),):
+            raise ModelError(f"{where} outputs shape {tuple(net.output_shape)}; this node emits {len(self.labels)} "
+                             f"class scores ({', '.join(self.labels)})")
+        labels = self.params.labels or meta.get("labels")
+        if labels and list(labels) != self.labels:
+            raise ModelError(f"{where} declares labels {list(labels)}; the running node emits {self.labels}")
+        for name, value in net.state_dict().items():
+            if value.is_floating_point() and not bool(value.isfinite().all()):
+                raise ModelError(f"{where}: parameter '{name}' holds NaN or infinite values")
+        devices = importlib.import_module("edge.devices")
+        try:
+            backend = devices.backend(self.params.device)(net, delta=self.params.delta, **self.params.device_options)
+            y, _ = backend.run(np.zeros((1, *net.input_shape), np.float32), backend.initial_state())
+        except Exception as exc:
+            raise ModelError(f"{where} fails on a blank frame: {type(exc).__name__}: {exc}") from None
+        if not np.all(np.isfinite(np.asarray(y))):
+            raise ModelError(f"{where} gives non-finite scores on a blank frame")
+        self._net, self._meta, self._backend = net, meta, backend  # the switch: between two batches
+        self.max_steps = self.params.max_steps or int(meta.get("steps", 20))
+        for s in self.streams.values():
+            if s["phase"] == "active":
+                s.update(phase="idle", steps=0, sum=None, net=None)
+        self.model_version = version
+        return True
 
     def state(self):
         return {"streams": self.streams, "decisions": self.decisions, "steps_run": self.steps_run}

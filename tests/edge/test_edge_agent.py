@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-
-import pytest
 
 from edge.agent import Agent, AgentOptions
 from pipeline.operator import Operator, Params, register
@@ -35,6 +32,33 @@ class FailAt(Operator):
         return batch
 
 
+_RUNNING: dict = {}  # the agent a test runs, for test ops that act on it
+
+
+class StopParams(Params):
+    at: int = 50
+
+
+@register
+class StopAt(Operator):
+    """Test op: asks its agent to stop on its `at`-th batch (as the manager would)."""
+
+    name = "test_edge_stop_at"
+    inputs = {"in": "any"}
+    outputs = {"out": "any"}
+    Params = StopParams
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self.n = 0
+
+    def process(self, port, batch):
+        self.n += 1
+        if self.n == self.params.at:
+            _RUNNING["agent"].commands.put(("stop", "operator pressed stop"))
+        return batch
+
+
 @register
 class Versioned(Operator):
     """Test op: remembers which model version handled each batch."""
@@ -49,6 +73,7 @@ class Versioned(Operator):
 
     def swap_model(self, path, version):
         self.version = version
+        return True
 
     def process(self, port, batch):
         self.seen.append(self.version)
@@ -101,23 +126,41 @@ def test_stage_failure_puts_actuator_in_safe_state(tmp_path, keys, port):
 
 
 def test_stop_command_puts_actuator_in_safe_state(tmp_path, keys, port):
-    cfg = _config({"motor": {"op": "actuator_log", "inputs": {"in": "sensor.out"}}}, duration_s=5.0)
-    agent = _agent(tmp_path, keys, port, cfg)
-    threading.Timer(1.0, lambda: agent.commands.put(("stop", "operator pressed stop"))).start()
-    t0 = time.monotonic()
+    cfg = _config({"ctl": {"op": "test_edge_stop_at", "params": {"at": 50}, "inputs": {"in": "sensor.out"}},
+                   "motor": {"op": "actuator_log", "inputs": {"in": "ctl.out"}}}, duration_s=5.0)
+    agent = _RUNNING["agent"] = _agent(tmp_path, keys, port, cfg)
     report = agent.run()
-    assert time.monotonic() - t0 < 4.5
     motor = report["results"]["motor"]
+    assert motor["commands"] == 50  # the stop is applied before the next wave, of 1,000
     assert motor["in_safe_state"] and "operator pressed stop" in motor["reasons"][-1]
 
 
-@pytest.mark.parametrize("switch_after_s", [0.3])
-def test_model_switches_between_steps(tmp_path, keys, port, switch_after_s):
+def _live(version, path="unused.nir", mode="live"):
+    return ("model", {"version": version, "path": path, "sha256": "0" * 64, "mode": mode})
+
+
+def test_model_switches_between_steps(tmp_path, keys, port):
     cfg = _config({"brain": {"op": "test_edge_versioned", "inputs": {"in": "sensor.out"}}}, duration_s=1.0)
     agent = _agent(tmp_path, keys, port, cfg)
-    threading.Timer(switch_after_s, lambda: agent.commands.put(("model", ("v2", "unused.nir")))).start()
+    threading.Timer(0.3, lambda: agent.commands.put(_live("v2"))).start()
     seen = agent.run()["results"]["brain"]["seen"]
     assert len(seen) == 200  # no step lost to the switch
     k = seen.index("v2")
     assert 0 < k and set(seen[:k]) == {"initial"} and set(seen[k:]) == {"v2"}
-    assert agent.model_version == "v2"
+    assert agent.model_version == "v2" and agent.model_hash == "0" * 64 and agent.model_error is None
+
+
+def test_a_model_for_a_pipeline_without_one_is_refused_with_a_reason(tmp_path, keys, port):
+    cfg = _config({"motor": {"op": "actuator_log", "inputs": {"in": "sensor.out"}}}, duration_s=0.5)
+    agent = _agent(tmp_path, keys, port, cfg)
+    agent.commands.put(_live("v2"))
+    agent.run()
+    assert agent.model_version == "initial" and "no node of the running pipeline takes a model" in agent.model_error
+    assert agent._beat()["model_error"] == agent.model_error  # what the manager is told
+
+
+def test_config_that_cannot_start_reports_why(tmp_path, keys, port):
+    agent = _agent(tmp_path, keys, port, {"name": "broken", "nodes": {"a": {"op": "no_such_op"}}})
+    agent.run()
+    assert agent.status == "stopped" and "no_such_op" in agent.config_error
+    assert agent._beat()["config_error"] == agent.config_error

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import threading
 
+import numpy as np
 import pyarrow as pa
 import zmq
 from rich.console import Console
@@ -14,10 +17,13 @@ from edge import keys as K
 from edge import wire
 from edge.agent import Agent, AgentOptions, telemetry_payload
 
+from .conftest import ROOT
+
+BLIMP_MODEL = ROOT / "operators" / "control" / "models" / "blimp_snn.json"
 PIPELINE = {"name": "fleet_test", "nodes": {
-    "sensor": {"op": "synthetic", "params": {"kind": "samples", "channels": 2, "rate_hz": 2000, "batch_items": 10,
-                                             "duration_s": 30.0, "pacing": "realtime"}},
-    "motor": {"op": "actuator_log", "inputs": {"in": "sensor.out"}}}}
+    "loop": {"op": "blimp_loop", "params": {"controller": "snn", "rate_hz": 10.0, "duration_s": 600.0,
+                                            "pacing": "realtime", "speed": 5.0}},
+    "motor": {"op": "motor", "inputs": {"in": "loop.command"}}}}
 
 
 def _start(tmp_path, keys, endpoint, name, tags, **kw):
@@ -42,29 +48,45 @@ def test_deploy_rollout_promote_rollback_and_ordered_telemetry(tmp_path, keys, m
         helpers.wait_for(lambda: r1.status == "running" and r1.stats["step"] > 5, 30, "r1 to run the deployed config")
         assert r1.version == reply["version"] and r2.version == "none"
 
-        model = tmp_path / "brain.nir"
-        model.write_bytes(b"NIR model v2 \x00\x01")
-        reply = request(**admin, op="rollout", data=model.read_bytes(), version="v2", file="brain.nir", fraction=0.5)
-        assert reply["canary"] == ["r1"]
+        v2 = tmp_path / "blimp_v2.json"
+        v2.write_bytes(BLIMP_MODEL.read_bytes())
+        reply = request(**admin, op="rollout", data=v2.read_bytes(), version="v2", file=v2.name, fraction=0.5)
+        assert reply["canary"] == ["r1"] and reply["mode"] == "live"
         helpers.wait_for(lambda: r1.model_version == "v2", what="r1 to take model v2")
-        assert (tmp_path / "r1" / "models" / "v2" / "brain.nir").read_bytes() == model.read_bytes()
+        assert r1.model_hash == reply["sha256"] == hashlib.sha256(v2.read_bytes()).hexdigest()
+        assert (tmp_path / "r1" / "models" / "sha256" / reply["sha256"] / v2.name).read_bytes() == v2.read_bytes()
         assert r2.model_version == "initial"
         step = r1.stats["step"]
         assert request(**admin, op="rollback")["agents"] == ["r1"]
         helpers.wait_for(lambda: r1.model_version == "initial", what="r1 to roll back")
         assert r1.stats["step"] > step and r1.status == "running"  # the loop never stopped
 
-        request(**admin, op="rollout", data=b"v3", version="v3", file="brain.nir", fraction=0.5)
-        assert request(**admin, op="promote")["agents"] == ["r1", "r2"]
-        helpers.wait_for(lambda: r1.model_version == r2.model_version == "v3", what="promotion to all")
+        bad = tmp_path / "blimp_bad.json"
+        bad.write_bytes(bytes(range(256)))  # a file of random bytes: refused, the old model stays
+        request(**admin, op="rollout", data=bad.read_bytes(), version="bad", file=bad.name, fraction=0.5)
+        helpers.wait_for(lambda: "model bad" in (mgr.agents["r1"].model_error or ""), what="the refusal")
+        assert "not JSON" in mgr.agents["r1"].model_error and r1.model_version == "initial"
+        request(**admin, op="rollback")
 
+        v3 = json.loads(BLIMP_MODEL.read_text())
+        v3["w_out"] = (np.asarray(v3["w_out"]) * 1.01).tolist()
+        request(**admin, op="rollout", data=json.dumps(v3).encode(), version="v3", file="blimp.json", fraction=0.5)
+        assert request(**admin, op="promote")["agents"] == ["r1", "r2"]
+        helpers.wait_for(lambda: r1.model_version == "v3", what="promotion to r1")
+        assert r2.model_version == "initial" and r2.pending_model["version"] == "v3"  # r2 runs no pipeline yet
+        request(**admin, op="deploy", config=PIPELINE, target="r2")
+        helpers.wait_for(lambda: r2.model_version == "v3", what="r2 to take v3 when its pipeline starts")
+
+        helpers.wait_for(lambda: mgr.agents["r1"].model_version == mgr.agents["r2"].model_version == "v3",
+                         what="heartbeats to carry v3")
         report = request(**admin, op="status")
-        helpers.wait_for(lambda: mgr.agents["r1"].model_version == "v3", what="heartbeat to carry v3")
         console = Console(record=True, width=250)
         console.print(status_table(request(**admin, op="status")))
         text = console.export_text()
         assert "r1" in text and "r2" in text and "fleet_test@" in text
         assert {a["name"]: a["link"] for a in report["agents"]} == {"r1": "up", "r2": "up"}
+        assert {a["name"]: a["model_hash"] for a in report["agents"]} == {"r1": r1.model_hash, "r2": r2.model_hash}
+        assert f"v3 {r1.model_hash[:8]}" in text
     finally:
         for _, stop, _thread in agents.values():
             stop.set()
@@ -103,7 +125,7 @@ def test_bad_signature_and_bad_schema_are_rejected_and_counted(tmp_path, keys, m
         wire.send(rogue, b"tel", {"seq": 0}, extra=[_bad_schema_payload()])
         wire.send(rogue, b"tel", {"seq": 1}, extra=[telemetry_payload(123, step=7)])
         rogue.send_multipart([b"tel", b"not json"])
-        helpers.wait_for(lambda: mgr.counters["malformed"] == 1 and mgr.agents["r2"].received == 1,
+        helpers.wait_for(lambda: mgr.counters["bad"].get("malformed") == 1 and mgr.agents["r2"].received == 1,
                          what="the good message to be recorded")
         assert mgr.counters["bad_schema"] == 1 and mgr.agents["r2"].rejected == 1
         before = mgr.agents["r1"].received
