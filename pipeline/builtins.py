@@ -159,4 +159,3 @@ class CountSink(Operator):
                 Path(self.params.path).write_text(json.dumps(self.result(), indent=2))
             except OSError as exc:
                 raise DataError(f"count_sink cannot write '{self.params.path}': {exc.strerror}") from None
-from pipeline import recording  # noqa: E402,F401  (registers record/replay)

@@ -1,14 +1,21 @@
 """The `reflexarc` command: a thin layer over the library (every command is one call).
 
-Users see one sentence per error; `--debug` shows the traceback. Exit codes: 0 ok,
-1 a run failed, 2 a config is invalid.
+Users see one sentence per error; `--debug` shows the traceback, `--verbose` Ray's own
+log lines. Exit codes: 0 ok, 1 a run failed, 2 a config is invalid.
+
+Start-up is kept light (`reflexarc --help` must not wait for torch, Ray or Numba): heavy
+packages are imported inside the command that needs them, and a plug-in command's module
+is imported only when that command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import json
 import logging
+import os
 import sys
 import threading
 from importlib.metadata import entry_points
@@ -20,15 +27,34 @@ from pipeline.run import EXECUTORS
 log = logging.getLogger("reflexarc")
 
 
+def _config_kind(path) -> tuple[str, object] | None:
+    """(kind, checker) for a config that is not a pipeline, from the `reflexarc.config_kinds`
+    entry points: a file without `nodes:` whose top-level key names a kind (e.g. `evolve:`)."""
+    from pipeline.graph import read_yaml
+
+    data = read_yaml(path)
+    if not isinstance(data, dict) or "nodes" in data:
+        return None
+    for ep in entry_points(group="reflexarc.config_kinds"):
+        if ep.name in data:
+            return ep.name, ep.load()
+    return None
+
+
 def _graph(args):
     from pipeline.graph import Graph
 
+    kind = _config_kind(args.config)
+    if kind is not None:
+        raise ConfigError(f"is an `{kind[0]}:` config, not a pipeline: run it with "
+                          f"`reflexarc {kind[0]} {args.config}` (`reflexarc validate` checks it)", str(args.config))
     return Graph.from_yaml(args.config, overrides=args.set or [])
 
 
 def cmd_run(args) -> int:
     from rich.console import Console
 
+    from pipeline.metrics import console as table_console
     from pipeline.metrics import table
     from pipeline.recording_cli import RunExtras
     from pipeline.run import run
@@ -68,7 +94,7 @@ def cmd_run(args) -> int:
         if live is not None:
             live.stop()
     if not args.quiet:
-        Console(width=max(120, Console().width)).print(table(result.metrics, title=f"{graph.name} ({executor}) in {result.wall_s:.2f} s"))
+        table_console().print(table(result.metrics, title=f"{graph.name} ({executor}) in {result.wall_s:.2f} s"))
         misses = sum(m["budget_misses"] for m in result.metrics)
         drops = sum(m["drops_batches"] for m in result.metrics)
         if misses or drops:
@@ -83,6 +109,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    kind = _config_kind(args.config)
+    if kind is not None:  # e.g. an evolution config: its own command's reader checks it
+        name, check = kind
+        check(args.config, list(args.set or []))
+        print(f"ok: '{args.config}' is a valid `{name}:` config; run it with `reflexarc {name} {args.config}`")
+        return 0
     graph = _graph(args)
     print(f"ok: '{graph.name}' has {len(graph.nodes)} nodes and {len(graph.edges())} edges")
     for e in graph.edges():
@@ -99,8 +131,9 @@ def cmd_ops(args) -> int:
     if args.json:
         print(json.dumps(ops, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from pipeline.metrics import console
 
     t = Table(title=f"{len(ops)} operators")
     for col in ("name", "inputs", "outputs", "params (defaults)", "what it is for"):
@@ -113,7 +146,7 @@ def cmd_ops(args) -> int:
         )
         io = lambda d: ", ".join(f"{p}:{k}" for p, k in d.items()) or "-"  # noqa: E731
         t.add_row(op["name"], io(op["inputs"]), io(op["outputs"]), params, op["doc"])
-    Console().print(t)
+    console().print(t)
     return 0
 
 
@@ -173,9 +206,47 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _plugin_commands(ep) -> dict[str, str] | None:
+    """command -> help of the sub-commands plug-in `ep` registers, read from its source.
+
+    Importing a plug-in can import torch or Numba (seconds), and `reflexarc --help` needs
+    only its names and one line each. Read from the `subparsers.add_parser("name", help=...)`
+    calls of its register function without running anything; None when that cannot be told,
+    and the plug-in is then imported as before.
+    """
+    module, _, func = ep.value.partition(":")
+    parts = module.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])  # a top-level package is found, not run
+        base = Path(spec.submodule_search_locations[0], *parts[1:])
+        tree = ast.parse((base / "__init__.py" if base.is_dir() else base.with_suffix(".py")).read_text())
+    except (ImportError, AttributeError, TypeError, OSError, SyntaxError, ValueError):
+        return None
+    fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == func.strip()), None)
+    if fn is None or not fn.args.args:
+        return None
+    subparsers = fn.args.args[0].arg
+    found = {}
+    for call in ast.walk(fn):
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "add_parser"
+                and isinstance(call.func.value, ast.Name) and call.func.value.id == subparsers):
+            if not (call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)):
+                return None
+            help_ = next((k.value.value for k in call.keywords if k.arg == "help" and isinstance(k.value, ast.Constant)), "")
+            found[call.args[0].value] = str(help_)
+    return found or None
+
+
+def _command_word(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; plug-in commands other than the one `argv` names are listed, not imported."""
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="reflexarc", description="Neuromorphic sensing-to-action pipelines.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own log lines and our info messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a pipeline config")
@@ -218,7 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
         recording_cli.register(sub)
     except ImportError:
         pass
+    wanted = _command_word(argv)
     for ep in entry_points(group="reflexarc.commands"):
+        listed = _plugin_commands(ep)
+        if listed is not None and wanted not in listed:
+            for name, help_ in listed.items():  # named in --help; imported only when it runs
+                sub.add_parser(name, help=help_, add_help=False)
+            continue
         try:
             ep.load()(sub)
         except ModuleNotFoundError as exc:
@@ -227,9 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING)
+    if not args.verbose:  # Ray reads it when first imported, in this process and its workers
+        os.environ.setdefault("RAY_LOGGER_LEVEL", "error")
     try:
         return int(args.func(args) or 0)
     except ReflexarcError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 _RING = 4096
@@ -66,13 +68,26 @@ class NodeMetrics:
         }
 
 
+def console(stderr: bool = False):
+    """A rich Console for tables: the terminal's width at a terminal, and each table's own full
+    width when output goes to a pipe or a file (rich would cut it to 80 columns, `path='REQUIR…`)."""
+    from rich.console import Console
+
+    out = Console(stderr=stderr)
+    if out.is_terminal or "COLUMNS" in os.environ:
+        return out
+    return Console(stderr=stderr, width=1 << 16)  # tables are not expanded, so they keep their natural width
+
+
 def table(snapshots: list[dict], title: str = "reflexarc"):
     """A rich Table of node snapshots (used live and at the end of a run)."""
     from rich.table import Table
 
     t = Table(title=title, expand=False)
-    for col in ("node", "op", "in", "out", "drops", "q", "p50 ms", "p99 ms", "e2e p50", "e2e p99", "misses"):
-        t.add_column(col, justify="right" if col not in ("node", "op") else "left")
+    placed = any(s.get("ray_node") for s in snapshots)  # Ray executors: which Ray node ran each stage
+    cols = ("node", "op", "in", "out", "drops", "q", "p50 ms", "p99 ms", "e2e p50", "e2e p99", "misses")
+    for col in cols + (("ray node",) if placed else ()):
+        t.add_column(col, justify="right" if col not in ("node", "op", "ray node") else "left")
 
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
@@ -83,5 +98,6 @@ def table(snapshots: list[dict], title: str = "reflexarc"):
             f"{s['drops_batches']:,}", str(s["queue_depth"]), fmt(s["latency"]["p50_ms"]),
             fmt(s["latency"]["p99_ms"]), fmt(s["e2e_latency"]["p50_ms"]), fmt(s["e2e_latency"]["p99_ms"]),
             f"{s['budget_misses']:,}",
+            *((str(s.get("ray_node") or "-")[:12],) if placed else ()),
         )
     return t

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 Emitted = Iterable[tuple[str, pa.RecordBatch]] | pa.RecordBatch | None
 ENTRY_POINT_GROUP = "reflexarc.operators"
+# Optional: one entry per operator name -> the module that registers it, so that building a
+# graph imports only the families its nodes use (the SNN family imports torch, most others
+# numba). A name not in the index makes lookup() load every family, as before.
+INDEX_GROUP = "reflexarc.operator_index"
 
 
 class Params(BaseModel):
@@ -191,6 +195,7 @@ def load_plugins() -> None:
         return
     _plugins_loaded = True
     import pipeline.builtins  # noqa: F401  (the runtime's own operators)
+    import pipeline.recording  # noqa: F401  (record, replay, shadow_sink; pyarrow.compute, so not in builtins)
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -205,9 +210,26 @@ def load_plugins() -> None:
             log.warning("operator family '%s' failed to import: %s", ep.name, exc)
 
 
+def _load_indexed(name: str) -> None:
+    """Import the runtime's own operators, then the one module the index names for `name`."""
+    import pipeline.builtins  # noqa: F401
+
+    if name in _REGISTRY:
+        return
+    for ep in entry_points(group=INDEX_GROUP, name=name):
+        try:
+            ep.load()
+        except Exception as exc:  # load_plugins() reports the family's failure
+            log.debug("operator index: %s -> %s failed: %s", name, ep.value, exc)
+        return
+
+
 def lookup(name: str) -> type[Operator]:
     """The operator class registered as `name`; ConfigError lists close names."""
-    load_plugins()
+    if name not in _REGISTRY and not _plugins_loaded:
+        _load_indexed(name)
+    if name not in _REGISTRY:
+        load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
