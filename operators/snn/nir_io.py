@@ -1,9 +1,14 @@
 """NIR in and out: build a `Network` from a NIR graph (with checks that name the node) and back.
 
 Supported nodes: Input, Output, Affine, Linear, Scale, Conv1d, Conv2d, Flatten, SumPool2d,
-AvgPool2d, IF, LIF, CubaLIF, LI, CubaLI, connected without cycles. Continuous-time neuron
+AvgPool2d, IF, LIF, CubaLIF, LI, CubaLI, and subgraphs (NIRGraph nodes) of them, which are
+flattened into dotted names (`lif1` holding `lif` and `w_rec` becomes `lif1.lif`, `lif1.w_rec`,
+the names snnTorch's exports use). Cycles are allowed: the edge that closes one carries the
+previous step's value (NIR's one-step delay, see `network`). Continuous-time neuron
 parameters are discretised by forward Euler with the step `dt` found in the graph's
 metadata (default 1e-4 s, the step snnTorch assumes when it reads NIR), see `layers`.
+Input/Output shapes that differ from what flows only by singleton dimensions (rockpool
+writes an Output of (1, 1, 1) after a 1-neuron layer) are accepted.
 
 Everything wrong with a model is reported before any data flows, as a `ModelError` naming
 the file, the node and the field: an unsupported node, shapes that do not chain, NaN or
@@ -42,7 +47,8 @@ def read(path: str | Path) -> nir.NIRGraph:
     try:
         return nir.read(str(path), type_check=False)
     except Exception as exc:  # h5py and nir raise many kinds; the user needs one sentence
-        raise ModelError(f"model file '{path}' is not a readable NIR file: {type(exc).__name__}: {exc}") from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ModelError(f"model file '{path}' is not a readable NIR file: {type(exc).__name__}: {reason}") from None
 
 
 def load(path: str | Path, dt: float | None = None) -> Network:
@@ -77,9 +83,61 @@ def _metadata_dt(graph: nir.NIRGraph) -> float | None:
     return None
 
 
+def flatten(graph: nir.NIRGraph, where: str = "model") -> nir.NIRGraph:
+    """The graph with every subgraph node `s` replaced by its nodes, named `s.<name>`.
+
+    Edges into `s` go to what the subgraph's Input feeds; edges out of `s` leave from what
+    feeds its Output.
+    """
+    if not any(isinstance(n, nir.NIRGraph) for n in graph.nodes.values()):
+        return graph
+    nodes, edges = {}, [(str(a), str(b)) for a, b in graph.edges]
+    for name, node in graph.nodes.items():
+        if not isinstance(node, nir.NIRGraph):
+            nodes[name] = node
+            continue
+        sub = flatten(node, where)
+        ins = [k for k, v in sub.nodes.items() if isinstance(v, nir.Input)]
+        outs = [k for k, v in sub.nodes.items() if isinstance(v, nir.Output)]
+        if len(ins) != 1 or len(outs) != 1:
+            raise ModelError(f"{where}: subgraph '{name}' needs one Input and one Output, found inputs {ins} and outputs {outs}")
+        sub_edges = [(str(a), str(b)) for a, b in sub.edges]
+        entry = [f"{name}.{b}" for a, b in sub_edges if a == ins[0]]
+        exit_ = [f"{name}.{a}" for a, b in sub_edges if b == outs[0]]
+        for k, v in sub.nodes.items():
+            if k not in (ins[0], outs[0]):
+                nodes[f"{name}.{k}"] = v
+        inner = [(f"{name}.{a}", f"{name}.{b}") for a, b in sub_edges if a != ins[0] and b != outs[0]]
+        outer = []
+        for a, b in edges:
+            srcs = exit_ if a == name else [a]
+            dsts = entry if b == name else [b]
+            outer += [(x, y) for x in srcs for y in dsts]
+        edges = outer + inner
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata, type_check=False)
+
+
+def _default_dt(graph: nir.NIRGraph) -> float:
+    """The step for a graph that does not give one: DEFAULT_DT, or 1 for a graph without time constants.
+
+    A graph whose neurons are all IF has no time scale: sinabs writes such graphs with r = 1
+    meaning one input unit per step, and snnTorch reads them so (it refuses r != 1 and
+    ignores dt). With 1e-4 s every input would count 1e-4 and the network would never spike.
+    """
+    timed = ("LIF", "CubaLIF", "LI", "CubaLI")
+    if any(type(n).__name__ in timed for n in graph.nodes.values()):
+        return DEFAULT_DT
+    return 1.0
+
+
+def _squeezed(shape) -> tuple[int, ...]:
+    return tuple(int(s) for s in shape if int(s) != 1)
+
+
 def from_nir(graph: nir.NIRGraph, dt: float | None = None, where: str = "model") -> Network:
-    """Build and check a `Network` from a NIR graph (one Input, one Output, no cycles)."""
-    dt = dt if dt is not None else (_metadata_dt(graph) or DEFAULT_DT)
+    """Build and check a `Network` from a NIR graph (one Input, one Output; cycles delayed one step)."""
+    graph = flatten(graph, where)
+    dt = dt if dt is not None else (_metadata_dt(graph) or _default_dt(graph))
 
     def fail(name, msg):
         raise ModelError(f"{where}: node '{name}' {msg}")
@@ -87,8 +145,7 @@ def from_nir(graph: nir.NIRGraph, dt: float | None = None, where: str = "model")
     kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
     for name, kind in kinds.items():
         if kind not in SUPPORTED:
-            extra = " (a recurrent subgraph)" if kind == "NIRGraph" else ""
-            fail(name, f"is a {kind}{extra}, which is not supported; supported nodes: {', '.join(SUPPORTED)}")
+            fail(name, f"is a {kind}, which is not supported; supported nodes: {', '.join(SUPPORTED)}")
         for field, arr in _arrays(graph.nodes[name]).items():
             if np.issubdtype(arr.dtype, np.number) and not np.all(np.isfinite(arr)):
                 bad = int(np.size(arr) - np.isfinite(arr).sum())
@@ -103,13 +160,13 @@ def from_nir(graph: nir.NIRGraph, dt: float | None = None, where: str = "model")
             if end not in graph.nodes:
                 raise ModelError(f"{where}: edge ({a} -> {b}) names unknown node '{end}'")
     try:
-        order = _topological(set(graph.nodes), edges, inputs[0])
+        order, delayed = _topological(set(graph.nodes), edges, inputs[0])
     except ValueError as exc:
         raise ModelError(f"{where}: {exc}") from None
 
     in_shape = tuple(int(s) for s in np.asarray(graph.nodes[inputs[0]].input_type["input"]).reshape(-1))
     shapes = {inputs[0]: in_shape}
-    preds = {n: [a for a, b in edges if b == n] for n in graph.nodes}
+    preds = {n: [a for a, b in edges if b == n and (a, b) not in delayed] for n in graph.nodes}
     modules: dict[str, torch.nn.Module] = {}
     for name in order[1:]:
         got = {p: shapes[p] for p in preds[name]}
@@ -120,8 +177,9 @@ def from_nir(graph: nir.NIRGraph, dt: float | None = None, where: str = "model")
         kind = kinds[name]
         if kind == "Output":
             declared = node.output_type.get("output") if isinstance(node.output_type, dict) else None
-            if declared is not None and np.size(declared) and tuple(int(s) for s in np.asarray(declared).reshape(-1)) != shape:
-                fail(name, f"(Output) declares shape {tuple(np.asarray(declared).tolist())} but receives {shape}")
+            declared = None if declared is None else tuple(int(s) for s in np.asarray(declared).reshape(-1))
+            if declared and declared != shape and _squeezed(declared) != _squeezed(shape):
+                fail(name, f"(Output) declares shape {declared} but receives {shape}")
             shapes[name] = shape
             continue
         module = _module(name, kind, node, shape, dt, fail)
@@ -133,7 +191,15 @@ def from_nir(graph: nir.NIRGraph, dt: float | None = None, where: str = "model")
             fail(name, f"({kind}) cannot take input of shape {shape}: {str(exc).splitlines()[0]}")
         modules[name] = module
         shapes[name] = tuple(out.shape[1:])
+    for a, b in delayed:
+        if b != outputs[0] and shapes[a] != _input_shape(shapes, preds[b], b):
+            fail(b, f"receives {shapes[a]} from '{a}' over a recurrent edge but {_input_shape(shapes, preds[b], b)} "
+                    "from its other inputs")
     return Network(modules, edges, in_shape, input_name=inputs[0], output_name=outputs[0], dt=dt)
+
+
+def _input_shape(shapes, preds, name):
+    return shapes[preds[0]] if preds else None
 
 
 def _module(name, kind, node, shape, dt, fail):
