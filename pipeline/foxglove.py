@@ -340,8 +340,7 @@ class LiveViewer:
 
     @property
     def address(self) -> str:
-        port = self.server.port() if self.server is not None else self.port
-        return f"{self.host}:{port}"
+        return f"{self.host}:{self.port}"
 
     def tap(self, graph) -> None:
         streams = self.streams or [f"{n.id}.{p}" for n in graph.nodes.values()
@@ -360,6 +359,8 @@ class LiveViewer:
         except Exception as exc:  # the port is taken, the host is not ours
             self._pull.close(0)
             raise LinkError(f"--foxglove cannot serve on {self.host}:{self.port}: {exc}") from None
+        port = self.server.port
+        self.port = port() if callable(port) else port  # the real one when 0 asked for any
         self._thread = threading.Thread(target=self._pump, name="foxglove-viewer", daemon=True)
         self._thread.start()
 
@@ -406,7 +407,7 @@ class LiveViewer:
     def summary_line(self, results: dict | None = None) -> str:
         tap = (results or {}).get("__foxglove__") or {}
         return (f"Foxglove: {self.stats.logged} messages on {self.stats.channels} channels served at "
-                f"{self.host}:{self.port}; the tap sent {tap.get('sent', 0)}, left out "
+                f"{self.address}; the tap sent {tap.get('sent', 0)}, left out "
                 f"{tap.get('skipped_rate_limit', 0)} batches over {self.max_hz:g}/s per stream and dropped "
                 f"{tap.get('dropped_driver_busy', 0)} while the server was behind")
 
