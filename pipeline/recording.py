@@ -1015,3 +1015,4 @@ def import_file(path: str | Path, out: str | Path, op: str | None = None, params
 
 
 from pipeline import replay  # noqa: E402,F401  (registers the replay source; it imports this module)
+from pipeline import foxglove  # noqa: E402,F401  (registers the live viewer's tap, a tap as `record` is)
