@@ -1,7 +1,7 @@
 """Shadow runs for canary rollouts: a candidate model next to the live one, on the same inputs.
 
 `Shadow(op, path, version)` builds a twin of a running operator (same class, params and node
-name), sets it up, and has it take the candidate model (`swap_model`, which loads and checks
+name), sets it up, restores the live operator's state into it, and has it take the candidate model (`swap_model`, which loads and checks
 it). It then wraps the live operator's `process` for as long as the canary lasts: every batch
 goes to the live operator first, whose outputs go on downstream as before, then to the twin,
 whose outputs are only compared with the live ones and dropped. No actuator ever sees what
@@ -16,6 +16,7 @@ the twin is counted, and the first one kept as the reason.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 
@@ -33,6 +34,9 @@ class Shadow:
         twin = type(op)(op.params, node=op.node)
         twin.setup()
         try:
+            # the twin starts where the live operator stands (explicit state), so both are in the
+            # same phase of the stream: a decision the live one made just before is not made twice
+            twin.restore(copy.deepcopy(op.state()))
             if not twin.swap_model(path, version):
                 raise ModelError(f"node '{op.node}' ({op.name}) takes no model")
         except Exception:
