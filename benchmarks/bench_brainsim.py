@@ -45,13 +45,15 @@ BRIAN_SCRIPT = textwrap.dedent('''
     import json, sys, time
     import numpy as np
     mode, network, duration_s, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+    delay_ms = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0  # 0: Brian's examples (same-step delivery)
+    net_seed = int(sys.argv[7]) if len(sys.argv) > 7 else 1
     from brian2 import *
     if mode == "cpp_standalone":
         set_device("cpp_standalone", directory=sys.argv[5], build_on_run=True)
     else:
         prefs.codegen.target = "cython"
     defaultclock.dt = 0.1 * ms
-    seed(1)
+    seed(net_seed)
     taum, taue, taui = 20 * ms, 5 * ms, 10 * ms
     Vt, Vr = -50 * mV, -60 * mV
     t0 = time.perf_counter()
@@ -74,8 +76,8 @@ BRIAN_SCRIPT = textwrap.dedent('''
         P.ge = "randn() * 1.5 + 4"
         P.gi = "randn() * 12 + 20"
         we, wi = 0.6, 6.7
-    Ce = Synapses(P, P, on_pre="ge += we")
-    Ci = Synapses(P, P, on_pre="gi += wi")
+    Ce = Synapses(P, P, on_pre="ge += we", delay=delay_ms * ms)
+    Ci = Synapses(P, P, on_pre="gi += wi", delay=delay_ms * ms)
     Ce.connect("i < 3200", p=0.02)
     Ci.connect("i >= 3200", p=0.02)
     mon = SpikeMonitor(P)
@@ -85,7 +87,8 @@ BRIAN_SCRIPT = textwrap.dedent('''
     run(duration_s * second)
     t2, c2 = time.perf_counter(), time.process_time()
     ch2 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res = {"mode": mode, "network": network, "duration_s": duration_s, "setup_s": t1 - t0,
+    res = {"mode": mode, "network": network, "duration_s": duration_s, "delay_ms": delay_ms, "seed": net_seed,
+           "setup_s": t1 - t0,
            "run_call_s": t2 - t1, "run_call_cpu_s": c2 - c1,
            "children_cpu_s": (ch2.ru_utime + ch2.ru_stime) - (ch1.ru_utime + ch1.ru_stime)}
     if mode == "cpp_standalone":
@@ -122,11 +125,16 @@ def ensure_brian_venv() -> Path | None:
     return py
 
 
-def brian2(py: Path, mode: str, duration_s: float, workdir: Path, network: str = "cuba") -> dict:
+def brian2(py: Path, mode: str, duration_s: float, workdir: Path, network: str = "cuba", delay_ms: float = 0.0,
+           seed: int = 1) -> dict:
+    """One Brian2 run in its virtualenv; `delay_ms` 0 is Brian's examples (a spike reaches its
+    targets' conductances in the step it is emitted), 0.1 is our (and NEST's) shortest delay."""
     script = workdir / "brian_net.py"
     script.write_text(BRIAN_SCRIPT)
-    out = workdir / f"brian_{network}_{mode}.json"
-    cmd = [str(py), str(script), mode, network, str(duration_s), str(out), str(workdir / f"standalone_{network}")]
+    tag = f"{network}_d{delay_ms:g}_s{seed}"
+    out = workdir / f"brian_{tag}_{mode}.json"
+    cmd = [str(py), str(script), mode, network, str(duration_s), str(out), str(workdir / f"standalone_{tag}"),
+           str(delay_ms), str(seed)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
@@ -310,7 +318,7 @@ def main() -> int:
                 result["cuba"].update(ratios(result["cuba"]))
                 if "sim_s" in result["cuba"]["brian2_cpp_standalone"]:
                     print(f"CUBA, {duration:g} s: ours and the Brian2 binary, interleaved x{args.reps} ...", flush=True)
-                    pairs = interleaved(work / "standalone_cuba", duration, args.reps)
+                    pairs = interleaved(work / "standalone_cuba_d0.1_s1", duration, args.reps)
                     result["cuba"]["interleaved_vs_brian2_cpp_standalone"] = pairs
                     print(json.dumps({k: v for k, v in pairs.items() if k != "reps"}), flush=True)
                 print(f"COBA, {duration:g} s: Brian2 cpp_standalone ...", flush=True)
