@@ -82,11 +82,14 @@ def raw_image(t_us: int, frame_id: str, img: np.ndarray) -> bytes:
 
 def render_events(x: np.ndarray, y: np.ndarray, p: np.ndarray, width: int, height: int) -> np.ndarray:
     """Events of one window as a mono8 image: 128 where nothing happened, +/-64 per ON/OFF event."""
-    idx = y.astype(np.int64) * width + x
     ok = (x < width) & (y < height)
-    signed = np.where(p, 1.0, -1.0)
-    acc = np.bincount(idx[ok], weights=signed[ok], minlength=width * height)
-    return np.clip(128.0 + 64.0 * acc, 0, 255).astype(np.uint8).reshape(height, width)
+    if not ok.all():
+        x, y, p = x[ok], y[ok], p[ok]
+    idx = y.astype(np.intp) * width + x
+    acc = np.bincount(idx, weights=np.where(p, 64.0, -64.0), minlength=width * height)
+    acc += 128.0
+    np.clip(acc, 0.0, 255.0, out=acc)  # in place: np.clip into a new array costs ten times more
+    return acc.astype(np.uint8).reshape(height, width)
 
 
 class View:
@@ -243,6 +246,7 @@ class FoxgloveTap(Operator):
         self._next: dict[str, float] = {}
         self._sock = None
         self.sent = self.dropped = self.skipped = 0
+        self.busy_ns = 0  # time spent rendering and sending (on the pipeline's thread)
 
     def schemas(self, inputs):
         return {}
@@ -265,6 +269,15 @@ class FoxgloveTap(Operator):
             self.skipped += 1  # rate limit: the viewer gets at most max_hz of this stream
             return None
         self._next[port] = now + self._period
+        t0 = time.perf_counter_ns()
+        try:
+            self._send(port, batch)
+        finally:
+            self.busy_ns += time.perf_counter_ns() - t0
+        return None
+
+    def _send(self, port, batch) -> None:
+        """Render one message standing for `batch` and hand it to the driver, or drop it."""
         view = self._views.get(port)
         if view is None:
             view = self._views[port] = View(self._stream_of[port], sch.unstamp(batch.schema))
@@ -291,7 +304,8 @@ class FoxgloveTap(Operator):
             self._sock = None
 
     def result(self):
-        return {"sent": self.sent, "skipped_rate_limit": self.skipped, "dropped_driver_busy": self.dropped}
+        return {"sent": self.sent, "skipped_rate_limit": self.skipped, "dropped_driver_busy": self.dropped,
+                "render_send_ms": round(self.busy_ns / 1e6, 3)}
 
 
 # --- the driver's server -------------------------------------------------------------
