@@ -179,6 +179,7 @@ class Partition:
         self.out_neurons = np.empty_like(self.out_steps)
         self.fired = k.fired_scratch(n)
         self.step = 0
+        self.wait_s = 0.0  # time spent waiting for other partitions' windows (board exchange)
         self._compile()
 
     def _compile(self) -> None:
@@ -206,6 +207,36 @@ class Partition:
                       self.out_steps, self.out_neurons, self.fired)
         self.step += self.window
         return self.out_steps[:c].copy(), self.out_neurons[:c].copy()
+
+    def run_on_board(self, n_windows: int, board, me: int, spin_us: float = 50.0,
+                     timeout_s: float = 120.0) -> np.ndarray:
+        """`n_windows` windows exchanging spikes through a shared-memory `exchange.Board`.
+
+        Returns this partition's own spikes as keys (`step << 32 | global neuron`).
+        Raises `ExchangeStalled` naming the partition that did not publish in time.
+        """
+        from cluster.brainsim import exchange as x
+
+        worst = self.out_steps.shape[0]
+        chunk = np.empty(max(worst * min(n_windows, 16), 1 << 18), np.int64)
+        done = np.zeros(1, np.int64)
+        waited = np.zeros(1, np.int64)
+        parts, left = [], n_windows
+        max_sleeps = int(timeout_s / 20e-6)
+        spin_cycles = int(spin_us * x.cycles_per_us())
+        while left > 0:
+            m = x.run_board(left, self.window, self.step, self.layout.pops, self.pidx, self.lo, self.v, self.ge,
+                            self.gi, self.refr, self.rng, self.buf, self.indptr, self.tgt, self.w, self.dch,
+                            self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons,
+                            self.fired, board.words, me, board.layout.slots, board.layout.sync, spin_cycles, max_sleeps,
+                            chunk, done, waited)
+            if m < 0:
+                raise x.ExchangeStalled(-1 - m, self.step // self.window + int(done[0]), me)
+            self.step += int(done[0]) * self.window
+            left -= int(done[0])
+            parts.append(chunk[:m].copy())
+        self.wait_s += waited[0] / (x.cycles_per_us() * 1e6)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def run_windows(self, n_windows: int, steps: np.ndarray, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`n_windows` windows in one Numba call (whole network in this partition, no spike sources)."""
