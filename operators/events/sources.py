@@ -305,6 +305,7 @@ class Aedat4Source(Source):
     def __init__(self, params=None, node=None):
         super().__init__(params, node)
         self.skipped_packets = 0
+        self.first_skip: str | None = None  # "packet N: why" of the first one skipped
         self.packets = 0
         self.events = 0
 
@@ -348,6 +349,7 @@ class Aedat4Source(Source):
         if self.params.on_error == "raise":
             raise DataError(f"AEDAT4 file '{self.params.path}' packet {index}: {why}")
         self.skipped_packets += 1
+        self.first_skip = self.first_skip or f"packet {index}: {why}"  # for the end-of-run warning
 
     def generate(self):
         import aedat
@@ -425,7 +427,7 @@ class Aedat4Source(Source):
         self.skipped_packets, self.packets, self.events = state["skipped_packets"], state["packets"], state["events"]
 
     def result(self):
-        return self.state()
+        return {**self.state(), "first_skip": self.first_skip}
 
 
 # --- other event files through faery -------------------------------------------------
@@ -451,6 +453,7 @@ class EventFileSource(Source):
     def __init__(self, params=None, node=None):
         super().__init__(params, node)
         self.skipped_packets = 0
+        self.first_skip: str | None = None  # "packet N: why" of the first one skipped
 
     def _open(self):
         import faery
@@ -506,18 +509,20 @@ class EventFileSource(Source):
                 if p.on_error == "raise":
                     raise DataError(f"event file '{p.path}' packet {index}: unreadable ({exc})") from None
                 self.skipped_packets += 1
+                self.first_skip = self.first_skip or f"packet {index}: unreadable ({exc})"
                 break
             if not batcher.append(arr):
                 if p.on_error == "raise":
                     raise DataError(f"event file '{p.path}' packet {index}: {batcher.refusal(arr)}")
                 self.skipped_packets += 1
+                self.first_skip = self.first_skip or f"packet {index}: {batcher.refusal(arr)}"
                 continue
             if batcher.due:
                 yield from batcher.ready()
         yield from batcher.flush()
 
     def result(self):
-        return {"skipped_packets": self.skipped_packets}
+        return {"skipped_packets": self.skipped_packets, "first_skip": self.first_skip}
 
 
 # --- UDP -----------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def test_a_skipped_packet_warns_at_the_end_and_strict_fails_the_run(gestures, tm
     err = capsys.readouterr().err
     line = [x for x in err.splitlines() if x.startswith("warning:")]
     assert len(line) == 1 and "node 'source' (aedat4_source) skipped 1 bad packet" in line[0]
-    assert str(cut) in line[0] and "--strict" in line[0]
+    assert str(cut) in line[0] and "--strict" in line[0] and "(first: packet " in line[0] and "unreadable" in line[0]
     assert main(_events_run(tmp_path, cut, "--record", str(tmp_path / "strict"), "--strict")) == 1
     err = capsys.readouterr().err
     assert f"AEDAT4 file '{cut}' packet" in err and "unreadable" in err
@@ -280,7 +280,8 @@ def test_import_skips_a_bad_packet_with_a_warning_and_strict_refuses(gestures, t
     _, cut = gestures
     capsys.readouterr()
     assert main(["import", str(cut), "--to", str(tmp_path / "a")]) == 0
-    assert "skipped 1 bad packet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipped 1 bad packet" in err and "(first: packet " in err
     assert main(["inspect", str(tmp_path / "a")]) == 0
     assert main(["import", str(cut), "--to", str(tmp_path / "b"), "--strict"]) == 1
     assert "unreadable" in capsys.readouterr().err
