@@ -275,8 +275,16 @@ class WheelchairSink(Operator):
                 f.write(json.dumps(entry) + "\n")
 
     def safe_state(self, reason: str) -> None:
+        """The runtime's call (a failed run, a missed budget, a manager's stop): stop is
+        commanded even when the chair was already stopped, because after a failure what the
+        chair last did is not known, and the log then always ends with the safety stop."""
+        last = self.issued[-1] if self.issued else None
+        repeat = self.current == "stop" and last is not None and last["reason"] == f"safety: {reason}"
+        self._safety_stop(reason, always=not repeat)
+
+    def _safety_stop(self, reason: str, always: bool = False) -> None:
         self.safety_stops[reason] = self.safety_stops.get(reason, 0) + 1
-        if self.current != "stop":
+        if always or self.current != "stop":
             self._issue("stop", self._last_t or 0, f"safety: {reason}", None)
         self._cand, self._count = -1, 0
 
@@ -287,11 +295,11 @@ class WheelchairSink(Operator):
                                     sch.column(batch, "flags")):
             t, target, flags = int(t), int(target), int(flags)
             if self._last_t is not None and t - self._last_t > p.loss_s * 1e6:
-                self.safe_state("signal loss")
+                self._safety_stop("signal loss")
             self._last_t = t
             if flags & UNSAFE:
                 why = "artefact" if flags & ARTEFACT else ("timestamp gap" if flags & GAP else "signal loss")
-                self.safe_state(why)
+                self._safety_stop(why)
                 continue
             if target < 0:
                 self._cand, self._count = -1, 0

@@ -46,7 +46,7 @@ def test_lsl_inlet_receives_what_the_outlet_sends():
     assert np.all(np.diff(t) > 0)
 
 
-def test_lsl_source_follows_the_clock_offset_and_counts_stalls():
+def test_lsl_source_follows_the_clock_offset():
     data = np.zeros((500, len(CH)), np.float32)
     src = LslSource(LslSource.Params(stream_name="rx-test-clock", channels=CH, rate_hz=250.0,
                                      stall_s=0.2, vanish_s=0.8, on_vanish="end", clock_every_s=0.1))
@@ -60,7 +60,49 @@ def test_lsl_source_follows_the_clock_offset_and_counts_stalls():
     assert n == 500
     stats = src.result()
     assert stats["offset_updates"] >= 2 and abs(stats["clock_offset_s"]) < 0.1  # same host
-    assert stats["stalls"] == 1 and stats["vanished"]
+    assert stats["vanished"]
+
+
+class _Ticks:
+    """A clock that moves 0.1 s each time it is read: the source reads it once per pull, so
+    idle time counts pulls that brought nothing, however long the machine took for them."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 0.1
+        return self.now
+
+
+def test_lsl_source_counts_one_stall_before_the_stream_goes():
+    import pylsl
+
+    data = np.arange(500 * len(CH), dtype=np.float32).reshape(500, len(CH))
+    # stall after two empty pulls; loss only when the outlet is really gone (LostError)
+    src = LslSource(LslSource.Params(stream_name="rx-test-stall", channels=CH, rate_hz=250.0,
+                                     stall_s=0.15, vanish_s=1000.0, on_vanish="end"))
+    src.clock = _Ticks()
+    info = pylsl.StreamInfo("rx-test-stall", "EEG", len(CH), 250.0, pylsl.cf_float32, f"rx-test-stall-{id(src)}")
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        src.setup()  # the inlet's data connection is open when this returns
+        outlet.push_chunk(data)  # the whole stream waits in the inlet before the first pull
+        batches = src.generate()
+        got = []
+        while sum(len(b) for b in got) < len(data):
+            got.append(samples_matrix(next(batches)))
+        del outlet  # the stream goes
+        got += [samples_matrix(b) for b in batches]
+    finally:
+        src.close()
+    np.testing.assert_array_equal(np.concatenate(got), data)
+    stats = src.result()
+    assert stats["stalls"] == 1 and stats["vanished"], stats
+
+
+def samples_matrix(batch):
+    return np.column_stack([sch.column(batch, c) for c in CH])
 
 
 def test_wrong_channel_count_is_a_clear_error():
@@ -91,12 +133,11 @@ def test_vanished_stream_stops_the_wheelchair(tmp_path):
     finally:
         player.stop()
     issued = [json.loads(line) for line in log.read_text().splitlines()]
-    assert issued, "the chair never moved, so the test proves nothing"
-    # the chair ends stopped: by the safety stop, or (when the decoder had already confirmed
-    # a stop before the stream vanished, which depends on timing) by that confirmed stop
+    assert any(c["reason"] == "confirmed" for c in issued), "the chair never moved, so the test proves nothing"
+    # whatever the decoder had confirmed before (a move, or a stop), the vanished stream ends
+    # the log with the runtime's safety stop
     last = issued[-1]
-    assert last["command"] == "stop", last
-    assert last["reason"].startswith("safety") or last["reason"] == "confirmed", last
+    assert last["command"] == "stop" and last["reason"].startswith("safety: "), last
 
 
 def test_vanished_stream_can_end_the_run_with_a_stop():
