@@ -8,7 +8,7 @@ messages by stream kind, with plain NumPy (no operator needed):
 |---|---|
 | frames | `foxglove.RawImage` (protobuf), one per frame: mono8/rgb8, mono16 or 32FC1 |
 | events | `foxglove.RawImage` mono8, the events of a window rendered (grey 128, ON brighter, OFF darker) |
-| samples, commands | JSON, one message per row (`{"t_us": ..., "ch0": ...}`): a Plot panel plots `/topic.ch0` |
+| samples, commands | JSON, one message per row (`{"t_us": ..., "ch0": ...}`): a Plot panel plots `/eeg/out.ch0` |
 | spikes | JSON per batch: `{"t_us", "count", "neurons": [...]}` |
 
 Live: `reflexarc run CONFIG --foxglove 127.0.0.1:8765` adds a `foxglove_tap` node fed by
@@ -78,6 +78,11 @@ def raw_image(t_us: int, frame_id: str, img: np.ndarray) -> bytes:
     return RawImage(timestamp=Timestamp(sec=t_us // 1_000_000, nsec=(t_us % 1_000_000) * 1000),
                     frame_id=frame_id, width=w, height=h, encoding=encoding,
                     step=img.strides[0], data=img.tobytes()).encode()
+
+
+def topic_of(stream: str) -> str:
+    """The Foxglove topic of a stream: `camera.out` -> `/camera/out` (a Plot path is then `/camera/out.x`)."""
+    return "/" + stream.replace(".", "/")
 
 
 def render_events(x: np.ndarray, y: np.ndarray, p: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -286,7 +291,7 @@ class FoxgloveTap(Operator):
             return None
         log_ns, payload = msg
         name, enc, data = view.channel_schema() if port not in self._schemas else (None, None, b"")
-        head = json.dumps({"topic": "/" + view.stream, "log_ns": log_ns,
+        head = json.dumps({"topic": topic_of(view.stream), "log_ns": log_ns,
                            "schema": None if name is None else [name, enc, view.message_encoding]}).encode()
         parts = [head, data, payload] if name is not None else [head, payload]
         try:
@@ -426,4 +431,4 @@ class LiveViewer:
                 f"{tap.get('dropped_driver_busy', 0)} while the server was behind")
 
 
-__all__ = ["FoxgloveTap", "LiveViewer", "View", "raw_image", "render_events"]
+__all__ = ["FoxgloveTap", "LiveViewer", "View", "raw_image", "render_events", "topic_of"]

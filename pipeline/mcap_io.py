@@ -2,9 +2,9 @@
 
 `export_mcap(REC, OUT.mcap)` writes, per recorded stream:
 
-- `/<stream>`: a view Foxglove shows (`pipeline.foxglove.View`): frames and events as
+- `/<node>/<port>` (stream `camera.out` -> `/camera/out`): a view Foxglove shows (`pipeline.foxglove.View`): frames and events as
   `foxglove.RawImage`, samples and commands as JSON rows for the Plot panel, spikes as JSON;
-- `/<stream>/arrow`: the recording itself, lossless. Each message is one Arrow IPC
+- `/<node>/<port>/arrow`: the recording itself, lossless. Each message is one Arrow IPC
   record-batch message, byte for byte as the recorder wrote it (custom metadata with the
   sequence number and ingest time included, compressed buffers left compressed); the
   channel's schema is the stream's IPC schema message (schema encoding `arrow.ipc`).
@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from pipeline import schemas as sch
 from pipeline.errors import DataError
-from pipeline.foxglove import View
+from pipeline.foxglove import View, topic_of
 from pipeline.recording import MANIFEST, SUFFIX, Recording, _version, mark_failed, write_manifest
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def _export_stream(w, rec: Recording, stream: str, schema_id, window_ms: float, 
     view_ch = None
     if view is not None and view.shown:
         name, enc, data = view.channel_schema()
-        view_ch = w.register_channel(topic=f"/{stream}", message_encoding=view.message_encoding,
+        view_ch = w.register_channel(topic=topic_of(stream), message_encoding=view.message_encoding,
                                      schema_id=schema_id(name, enc, data),
                                      metadata={"stream": stream, "kind": view.kind or ""})
     counts = {"batches": 0, "view_messages": 0}
@@ -131,7 +131,7 @@ def _export_stream(w, rec: Recording, stream: str, schema_id, window_ms: float, 
                 file_schema = pa.ipc.read_schema(msg)
                 if arrow_ch is None:
                     arrow_ch = w.register_channel(
-                        topic=f"/{stream}/arrow", message_encoding=ARROW_ENCODING,
+                        topic=f"{topic_of(stream)}/arrow", message_encoding=ARROW_ENCODING,
                         schema_id=schema_id(ARROW_SCHEMA, ARROW_ENCODING, body),
                         metadata={"stream": stream, "kind": sch.kind_of(schema) or "",
                                   "rows": str(meta.get("rows", "")), "format": "Arrow IPC record-batch message"})
@@ -155,7 +155,7 @@ def _export_stream(w, rec: Recording, stream: str, schema_id, window_ms: float, 
             seq_view += 1
     if arrow_ch is None:  # a stream without a file (never opened): its schema from the manifest
         body = schema.serialize().to_pybytes()
-        arrow_ch = w.register_channel(topic=f"/{stream}/arrow", message_encoding=ARROW_ENCODING,
+        arrow_ch = w.register_channel(topic=f"{topic_of(stream)}/arrow", message_encoding=ARROW_ENCODING,
                                       schema_id=schema_id(ARROW_SCHEMA, ARROW_ENCODING, body),
                                       metadata={"stream": stream, "kind": sch.kind_of(schema) or ""})
     counts["view_messages"] = seq_view
@@ -213,7 +213,7 @@ def _import_ours(path: Path, out: Path, summary, ours: dict) -> dict:
     counts: dict[str, dict] = {}
     try:
         for cid, ch in ours.items():
-            stream = ch.metadata.get("stream") or ch.topic.strip("/").removesuffix("/arrow")
+            stream = ch.metadata.get("stream") or ch.topic.strip("/").removesuffix("/arrow").replace("/", ".", 1)
             name = f"{stream}{SUFFIX}"
             names[cid] = stream
             f = open(out / name, "wb")

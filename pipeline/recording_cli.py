@@ -266,8 +266,9 @@ def cmd_export(args) -> int:
         done = export_mcap(args.recording, args.out, [args.stream] if args.stream else None,
                            window_ms=args.window_ms, views=not args.no_views, compression=args.compression)
         for stream, n in done["streams"].items():
-            console.print(f"{stream} -> {done['path']}: /{stream}/arrow ({n['batches']:,} batches, lossless)"
-                          + (f", /{stream} ({n['view_messages']:,} Foxglove messages)" if n["view_messages"] else ""))
+            topic = "/" + stream.replace(".", "/")
+            console.print(f"{stream} -> {done['path']}: {topic}/arrow ({n['batches']:,} batches, lossless)"
+                          + (f", {topic} ({n['view_messages']:,} Foxglove messages)" if n["view_messages"] else ""))
     elif args.fmt == "parquet":
         written = export_parquet(args.recording, args.out, [args.stream] if args.stream else None)
         for stream, path in written.items():

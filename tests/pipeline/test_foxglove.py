@@ -69,19 +69,19 @@ def test_a_viewer_on_loopback_gets_images_and_plots(executor, request):
         runner = threading.Thread(target=lambda: outcome.setdefault("run", run(g, executor, stop=stop)))
         runner.start()
         try:
-            got = _watch(extras.viewer.address, {"/cam.out", "/eeg.out"})
+            got = _watch(extras.viewer.address, {"/cam/out", "/eeg/out"})
         finally:
             stop.set()
             runner.join(120)
-    assert {"/cam.out", "/eeg.out"} <= set(got), f"the viewer saw only {sorted(got)}"
-    ch, _, payload = got["/cam.out"]
+    assert {"/cam/out", "/eeg/out"} <= set(got), f"the viewer saw only {sorted(got)}"
+    ch, _, payload = got["/cam/out"]
     assert (ch["encoding"], ch["schemaName"]) == ("protobuf", "foxglove.RawImage")
     import base64
 
     schema = Schema(id=1, name=ch["schemaName"], encoding=ch["schemaEncoding"], data=base64.b64decode(ch["schema"]))
     img = DecoderFactory().decoder_for("protobuf", schema)(payload)
     assert (img.width, img.height, img.encoding, len(img.data)) == (32, 24, "mono8", 32 * 24)
-    ch, _, payload = got["/eeg.out"]
+    ch, _, payload = got["/eeg/out"]
     row = json.loads(payload)
     assert ch["encoding"] == "json" and set(row) == {"t_us", "ch0", "ch1"}
     tap = outcome["run"].results["__foxglove__"]

@@ -89,21 +89,21 @@ def test_the_mcap_file_holds_what_foxglove_shows(tmp_path):
         summary = reader.get_summary()
         topics = {c.topic: (c.message_encoding, summary.schemas[c.schema_id].name) for c in summary.channels.values()}
         counts = {summary.channels[c].topic: n for c, n in summary.statistics.channel_message_counts.items()}
-        assert topics["/cam.out"] == ("protobuf", "foxglove.RawImage")
-        assert topics["/img.out"] == ("protobuf", "foxglove.RawImage")
-        assert topics["/eeg.out"][0] == "json" and topics["/ctl.out"][0] == "json"
-        assert all(topics[f"/{s}/arrow"][0] == "arrow.ipc" for s in ("cam.out", "eeg.out", "img.out", "ctl.out", "quiet.out"))
-        assert counts["/cam.out"] == 5  # 100 ms of events in 20 ms windows
-        assert counts["/img.out"] == 6 and counts["/eeg.out"] == 100 and counts["/ctl.out"] == 5
-        assert counts["/cam.out/arrow"] == Recording(tmp_path / "rec").meta["cam.out"]["batches"]
+        assert topics["/cam/out"] == ("protobuf", "foxglove.RawImage")
+        assert topics["/img/out"] == ("protobuf", "foxglove.RawImage")
+        assert topics["/eeg/out"][0] == "json" and topics["/ctl/out"][0] == "json"
+        assert all(topics[f"/{s.replace('.', '/')}/arrow"][0] == "arrow.ipc" for s in ("cam.out", "eeg.out", "img.out", "ctl.out", "quiet.out"))
+        assert counts["/cam/out"] == 5  # 100 ms of events in 20 ms windows
+        assert counts["/img/out"] == 6 and counts["/eeg/out"] == 100 and counts["/ctl/out"] == 5
+        assert counts["/cam/out/arrow"] == Recording(tmp_path / "rec").meta["cam.out"]["batches"]
         images = {}
-        for _s, channel, message, decoded in reader.iter_decoded_messages(topics=["/img.out", "/cam.out"]):
+        for _s, channel, message, decoded in reader.iter_decoded_messages(topics=["/img/out", "/cam/out"]):
             images.setdefault(channel.topic, []).append((message.log_time, decoded))
-        rows = [json.loads(m.data) for _s, _c, m in reader.iter_messages(topics=["/ctl.out"])]
-    t, img = images["/img.out"][3]
+        rows = [json.loads(m.data) for _s, _c, m in reader.iter_messages(topics=["/ctl/out"])]
+    t, img = images["/img/out"][3]
     assert t == 60_000_000 and (img.width, img.height, img.encoding) == (8, 6, "32FC1")
     assert np.all(np.frombuffer(img.data, np.float32) == 1.0)
-    _, ev = images["/cam.out"][0]
+    _, ev = images["/cam/out"][0]
     assert (ev.width, ev.height, ev.encoding) == (32, 24, "mono8")
     pix = np.frombuffer(ev.data, np.uint8)
     assert pix.max() > 128 and pix.min() < 128  # ON and OFF events were drawn
