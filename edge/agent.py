@@ -85,6 +85,7 @@ class AgentOptions:
     work_dir: str | None = None  # spool and received models
     exit_when_done: bool = False
     linger_s: float = 3.0  # on exit, wait this long to deliver what is buffered
+    refused_retry_s: float = 10.0  # a refused key: try again this often (the manager may authorize it)
 
 
 class Agent:
@@ -111,7 +112,7 @@ class Agent:
         self.model_path = ""
         self.status = "starting"
         self.link = {"state": "down", "connects": 0, "sent": 0, "resent": 0, "acked": -1, "received": 0,
-                     "bad": {}, "refused": 0}
+                     "bad": {}, "refused": 0, "internal_errors": 0}
         self.spool = Spool(self.work / "spool.bin", opts.mem_bytes)
         self.watchdog: Watchdog | None = None
         self.results: dict = {}
@@ -368,7 +369,7 @@ class Agent:
                     if got is None:
                         raise ModelError(f"model {version} is not held here and the manager sent no file")
                     sha, _, path = got
-            except ModelError as exc:
+            except (ModelError, OSError) as exc:
                 self._model_failed(version, mode, str(exc))
                 return
             self.commands.put(("model", {"version": version, "mode": mode, "path": str(path), "sha256": sha}))
@@ -407,7 +408,7 @@ class Link:
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.sock.connect(o.manager)
         self.stats = {"state": "down", "connects": 0, "sent": 0, "resent": 0, "acked": -1, "received": 0,
-                      "bad": {}, "refused": 0}
+                      "bad": {}, "refused": 0, "internal_errors": 0}
         now = time.monotonic()
         self.heard = -1e9
         self.welcomed = False
@@ -419,6 +420,7 @@ class Link:
         self.done_at: float | None = None
         self.rows: list[dict] = []
         self.refused_logged = False
+        self.retry_at: float | None = None
 
     def finish(self, now: float) -> None:
         self.done_at = now
@@ -442,6 +444,10 @@ class Link:
         if now - self.heard >= o.link_timeout_s and self.stats["state"] == "up":
             self.stats["state"] = "down"
             self.welcomed = False
+        if self.retry_at is not None and now >= self.retry_at:
+            self.retry_at = None
+            self.sock.disconnect(o.manager)
+            self.sock.connect(o.manager)
         if now >= self.next_hb:
             self.next_hb = now + o.heartbeat_s
             self._watch_monitor()
@@ -483,6 +489,7 @@ class Link:
             if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.stats["refused"] += 1
                 self.stats["state"] = "refused"
+                self.retry_at = time.monotonic() + self.o.refused_retry_s  # libzmq does not retry by itself
                 if not self.refused_logged:
                     self.refused_logged = True
                     log.error("agent %s: the manager at %s refused this robot's key (%s): is %s.key in the "
@@ -501,6 +508,9 @@ class Link:
                 self._on(kind, head, frames)
             except LinkError as exc:
                 self._bad(parts, exc)
+            except Exception as exc:  # a bug of ours: counted and logged, the link goes on
+                self.stats["internal_errors"] += 1
+                log.exception("agent %s: internal error on a message from the manager: %s", self.o.name, exc)
 
     def _bad(self, parts, exc) -> None:
         kind = bytes(parts[0].buffer[:16]).decode("ascii", "replace") if parts else "empty"

@@ -60,6 +60,7 @@ def _open(ctx: zmq.Context, kind: int, p: LinkParams, node: str):
 
 class OutParams(LinkParams):
     send_timeout_ms: int = Field(1000, ge=0, description="wait this long for room, then drop and count")
+    handshake_timeout_ms: int = Field(5000, ge=0, description="wait this long for the first CURVE handshake")
 
 
 @register
@@ -73,18 +74,45 @@ class ZmqOut(Operator):
 
     def __init__(self, params=None, node=None):
         super().__init__(params, node)
-        self.sent = self.dropped = 0
-        self._ctx = self._sock = self._gate = None
+        self.sent = self.dropped = self.refused = 0
+        self._ctx = self._sock = self._gate = self._monitor = None
+        self._handshake = "pending"  # a connecting end: pending, ok, refused
 
     def setup(self):
         self._ctx = zmq.Context()
         self._sock, self._gate = _open(self._ctx, zmq.PUSH, self.params, self.node)
         self._sock.sndtimeo = self.params.send_timeout_ms
-        self._sock.immediate = True  # count a batch as sent only once a peer passed the CURVE handshake
+        self._sock.immediate = True
+        if not self.params.bind:
+            # libzmq attaches the pipe before CURVE authentication ends: a refused key would count
+            # its batches as sent. Watch the handshake and send only through a passed one.
+            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+    def _passed(self) -> bool:
+        """Whether the CURVE handshake passed (waiting for it up to the send timeout)."""
+        if self._monitor is None:
+            return True
+        from zmq.utils.monitor import recv_monitor_message
+
+        wait = 0
+        if self._handshake == "pending":
+            wait = self.params.send_timeout_ms if self.sent or self.dropped else self.params.handshake_timeout_ms
+        while self._monitor.poll(wait):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake = "ok"
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._handshake = "refused"
+                self.refused += 1
+            wait = 0
+        return self._handshake == "ok"
 
     def process(self, port, batch, header=None):
         if header is not None:
             batch = sch.stamp(batch, sch.Header(f"{self.node}", header.seq, header.ingest_ns))
+        if not self._passed():
+            self.dropped += 1
+            return
         try:
             wire.send(self._sock, b"batch", None, batch)
             self.sent += 1
@@ -92,12 +120,21 @@ class ZmqOut(Operator):
             self.dropped += 1
 
     def finish(self):
+        if not self._passed():
+            return
         try:
             wire.send(self._sock, b"end", {"sent": self.sent})
         except zmq.Again:
             pass
 
     def close(self):
+        if self._monitor is not None:
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._sock is not None:
             self._sock.linger = 1000  # let the end marker leave
             self._sock.close()
@@ -109,7 +146,7 @@ class ZmqOut(Operator):
             self._ctx = None
 
     def result(self):
-        return {"sent": self.sent, "dropped": self.dropped}
+        return {"sent": self.sent, "dropped": self.dropped, "refused": self.refused}
 
 
 class InParams(SourceParams, LinkParams):
@@ -153,7 +190,7 @@ class ZmqIn(Source):
 
     def __init__(self, params=None, node=None):
         super().__init__(params, node)
-        self.received = self.rejected = self.gaps = 0
+        self.received = self.rejected = self.gaps = self._refused = 0
         self._ctx = self._sock = self._gate = None
 
     def schemas(self, inputs):
@@ -200,10 +237,13 @@ class ZmqIn(Source):
             self._sock.close()
             self._sock = None
         if self._gate is not None:
+            self._refused = self._gate.refused
             self._gate.stop()
+            self._gate = None
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
 
     def result(self):
-        return {"received": self.received, "rejected": self.rejected, "gaps": self.gaps}
+        return {"received": self.received, "rejected": self.rejected, "gaps": self.gaps,
+                "refused_keys": self._gate.refused if self._gate is not None else self._refused}

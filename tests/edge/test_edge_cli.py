@@ -40,3 +40,37 @@ def test_keys_init_and_add_make_authorized_pairs(tmp_path, capsys):
     public, secret = load_secret(folder / "r3.key_secret")
     assert len(public) == len(secret) == 40
     assert (folder / "r3.key_secret").stat().st_mode & 0o077 == 0
+
+
+def test_keys_init_refuses_to_overwrite_without_force(tmp_path, capsys):
+    folder = tmp_path / "keys"
+    assert edge_main(["keys", "init", str(folder), "--agents", "r1"]) == 0
+    manager_key = (folder / "manager.key").read_bytes()
+    assert edge_main(["keys", "init", str(folder), "--agents", "r1,r2"]) == 2
+    err = capsys.readouterr().err
+    assert "manager" in err and "admin" in err and "r1" in err and "--force" in err and "r2" not in err.split("for")[1]
+    assert (folder / "manager.key").read_bytes() == manager_key and not (folder / "r2.key").exists()
+    assert edge_main(["keys", "add", str(folder), "r1"]) == 2
+    assert edge_main(["keys", "init", str(folder), "--agents", "r1,r2", "--force"]) == 0
+    assert (folder / "manager.key").read_bytes() != manager_key and (folder / "r2.key").exists()
+
+
+def test_fleet_deploy_and_rollout_check_locally_before_any_manager(tmp_path, capsys):
+    from cluster.fleet.__main__ import main as fleet_main
+
+    nowhere = ["--manager", "tcp://127.0.0.1:9", "--keys", str(tmp_path / "no-keys")]  # never contacted
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("name: u\nnodes:\n  a: {op: no_such_operator}\n")
+    assert fleet_main(["deploy", str(empty), *nowhere]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert fleet_main(["deploy", str(unknown), *nowhere]) == 2
+    assert "no_such_operator" in capsys.readouterr().err
+    model = tmp_path / "m.nir"
+    model.write_bytes(b"x")
+    for version in ("../../escape", "/abs/dir", "..", "."):
+        assert fleet_main(["rollout", str(model), "--version", version, *nowhere]) == 2
+        assert "version" in capsys.readouterr().err
+    assert fleet_main(["rollout", str(model), "--version", "v2", "--canary", "150%", *nowhere]) == 2
+    assert fleet_main(["rollout", str(model), "--version", "v2", "--canary", "../r1", *nowhere]) == 2

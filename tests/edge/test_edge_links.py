@@ -51,7 +51,7 @@ def test_batches_cross_the_link_unchanged_and_encrypted(keys, proxy_factory, por
     proxy = proxy_factory(port)
     tx, rx = _run_pair(keys, f"tcp://127.0.0.1:{proxy.port}", port)
     sent, got = tx.results["local"], rx.results["sink"]
-    assert tx.results["link"] == {"sent": 10, "dropped": 0}
+    assert tx.results["link"] == {"sent": 10, "dropped": 0, "refused": 0}
     assert (got["batches"], got["items"], got["t_sum"]) == (sent["batches"], sent["items"], sent["t_sum"])
     # the Arrow IPC payload names its fields and kind in plain text; none of it is on the wire
     assert len(proxy.seen) > 10 * 20 * 2 * 4
@@ -63,6 +63,10 @@ def test_unknown_key_is_refused(keys, port):
     port = port()
     tx, rx = _run_pair(keys, f"tcp://127.0.0.1:{port}", port, identity="stranger", idle_s=1.5)
     assert rx.results["sink"]["batches"] == 0
+    # the receiver's key gate refused the one handshake (libzmq does not retry a refused one),
+    # and the sender saw its handshake refused and counted each of its 10 batches as dropped
+    assert rx.results["link"]["refused_keys"] == 1 and rx.results["link"]["received"] == 0
+    assert tx.results["link"] == {"sent": 0, "dropped": 10, "refused": 1}
 
 
 def test_gate_counts_refused_keys_and_admits_known_ones(keys, port):
