@@ -22,27 +22,28 @@ def cmd_brainsim(args) -> int:
 
     from cluster.brainsim.simulate import load_config, simulate
 
-    spec, params = load_config(args.config)
-    update = {}
-    if args.scale is not None:
-        update["scale"] = args.scale
-    if args.seed is not None:
-        update["seed"] = args.seed
-    if args.state is not None:
-        update["options"] = {**spec.options, "state": args.state}
-    if update:
-        spec = spec.model_copy(update=update)
-    duration = parse_duration(args.duration) if args.duration else float(params.get("duration_s", 1.0))
+    overrides = list(args.set or [])
+    for flag, key in (("scale", "network.scale"), ("seed", "network.seed"), ("state", "network.options.state")):
+        if getattr(args, flag) is not None:  # the old flags are aliases of --set
+            overrides.append(f"{key}={getattr(args, flag)}")
+    spec, params = load_config(args.config, overrides)
+    duration = parse_duration(args.duration) if args.duration else float(params["duration_s"])
+    actors = args.actors if args.actors is not None else params["actors"]
+    backend = args.backend or params["backend"]
+    backend = None if backend == "auto" else backend
+    address = args.address or params.get("address")
     out = Path(args.out) if args.out else Path("out") / f"brainsim-{Path(args.config).stem}"
-    backend = None if args.backend == "auto" else args.backend
     console = Console()
-    console.print(f"simulating {Path(args.config).name}: {duration:g} s biological time on {args.actors} "
+    console.print(f"simulating {Path(args.config).name}: {duration:g} s biological time on {actors} "
                   f"partition(s) ...")
     try:
-        rep = simulate(spec, duration, actors=args.actors, backend=backend, out=out)
+        rep = simulate(spec, duration, actors=actors, backend=backend, out=out, address=address,
+                       transient_ms=args.transient_ms)
     except ValueError as exc:
         raise ConfigError(f"{args.config}: {exc}") from None
-    table = Table(title=f"{rep['network']} ({rep['neurons']:,} neurons, {rep['synapses']:,} synapses)")
+    table = Table(title=f"{rep['network']} ({rep['neurons']:,} neurons, {rep['synapses']:,} synapses)",
+                  caption=f"statistics over {duration * 1e3 - rep['transient_ms']:g} ms: the first "
+                          f"{rep['transient_ms']:g} ms (warm-up transient) are dropped")
     for col in ("population", "neurons", "rate (Hz)", "CV ISI", "chi", "Fano (pop)"):
         table.add_column(col, justify="right")
     for name, s in rep["populations"].items():
@@ -52,6 +53,9 @@ def cmd_brainsim(args) -> int:
     console.print(f"wall {rep['wall_s']:.2f} s (build {rep['build_s']:.2f} s), real-time factor "
                   f"{rep['real_time_factor']:.2f}, {rep['bytes_per_synapse']:.2f} bytes/synapse, "
                   f"{rep['windows']} exchange windows of {rep['window_ms']:g} ms")
+    if rep["partition_wait_s"]:
+        console.print(f"{rep['actors']} partitions ({rep['backend']}, {rep['nodes']} node(s)) waited "
+                      f"{rep['wait_us_per_window']:.1f} us per window for each other")
     console.print(f"recording, report.json, raster.png, rates.png in {out}")
     return 0
 
@@ -59,11 +63,17 @@ def cmd_brainsim(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("brainsim", help="simulate a spiking network (over Ray actors) and report on it")
     p.add_argument("config", help="a config with a brainsim node (configs/brunel.yaml, configs/cuba.yaml)")
-    p.add_argument("--actors", type=int, default=1, help="partitions; more than 1 runs them as Ray actors")
+    p.add_argument("--actors", type=int, default=None, help="partitions (default: the config's, else 1)")
     p.add_argument("--duration", default=None, help="biological time, e.g. 10s or 500ms")
     p.add_argument("--out", default=None, help="output folder (default out/brainsim-<config>)")
-    p.add_argument("--backend", choices=("auto", "inline", "ray"), default="auto")
-    p.add_argument("--scale", type=float, default=None, help="override the network's scale")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--state", default=None, help="Brunel state: AI, SR, SI_fast, SI_slow")
+    p.add_argument("--backend", choices=("auto", "inline", "threads", "ray"), default=None,
+                   help="auto: Ray actors when more than one partition")
+    p.add_argument("--address", default=None, help="join this Ray cluster (ray://..., HOST:PORT or auto)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key under the brainsim node's params, e.g. network.scale=0.5 (repeatable)")
+    p.add_argument("--transient-ms", type=float, default=100.0,
+                   help="warm-up transient dropped from the statistics (at most half the run)")
+    p.add_argument("--scale", type=float, default=None, help="alias of --set network.scale=...")
+    p.add_argument("--seed", type=int, default=None, help="alias of --set network.seed=...")
+    p.add_argument("--state", default=None, help="alias of --set network.options.state=... (Brunel: AI, SR, ...)")
     p.set_defaults(func=cmd_brainsim)

@@ -19,7 +19,9 @@ class BrainsimParams(SourceParams):
     network: NetworkSpec = Field(default_factory=lambda: NetworkSpec(model="brunel2000", scale=0.1))
     duration_s: float = Field(1.0, gt=0, description="biological time to simulate")
     actors: int = Field(1, ge=1, description="partitions (Ray actors when > 1)")
-    backend: Literal["auto", "inline", "ray"] = Field("auto", description="auto: ray when actors > 1")
+    backend: Literal["auto", "inline", "threads", "ray"] = Field(
+        "auto", description="auto: ray when actors > 1; threads: partitions as threads of this process")
+    address: str | None = Field(None, description="Ray cluster to join (backend ray); default a local one")
     batch_ms: float = Field(10.0, gt=0, description="biological time per emitted batch")
     population: str | None = Field(None, description="stream only this population (local indices)")
 
@@ -59,7 +61,7 @@ class Brainsim(Source):
         name, lo, hi = self._range()
         schema = sch.spikes_schema(name, hi - lo)
         backend = p.backend if p.backend != "auto" else ("ray" if p.actors > 1 else "inline")
-        sim = Simulation(p.network, actors=p.actors, backend=backend)
+        sim = Simulation(p.network, actors=p.actors, backend=backend, address=p.address)
         try:
             for batch in sim.batches(p.duration_s, p.batch_ms):
                 t = sch.column(batch, "t")
