@@ -58,9 +58,12 @@ def json_schema(title: str, fields: dict[str, str]) -> bytes:
 
 
 def raw_image(t_us: int, frame_id: str, img: np.ndarray) -> bytes:
-    """One `foxglove.RawImage` protobuf message for a (H, W) or (H, W, 3|4) array."""
+    """One `foxglove.RawImage` protobuf message for a (H, W) or (H, W, 3|4) array ((C, H, W): summed)."""
     from foxglove.messages import RawImage, Timestamp
 
+    if img.ndim > 3 or (img.ndim == 3 and (img.shape[2] not in (1, 3, 4) or img.shape[0] < img.shape[2])):
+        # channel-first (polarities, time bins: `to_frames`, `to_voxel_grid`): their sum
+        img = img.reshape((-1,) + img.shape[-2:]).sum(axis=0, dtype=np.float32)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
     if img.dtype == np.uint8:

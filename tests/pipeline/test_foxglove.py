@@ -108,3 +108,31 @@ def test_bad_addresses_are_named():
     with pytest.raises(ConfigError, match="is not HOST:PORT"):
         LiveViewer("127.0.0.1:99999")
     assert FoxgloveTapParams(endpoint="tcp://127.0.0.1:1", streams=["a.b"]).max_hz == 30.0
+
+
+def _decode_raw_image(payload: bytes):
+    from foxglove.messages import RawImage
+
+    s = RawImage.get_schema()
+    schema = Schema(id=1, name=s.name, encoding=s.encoding, data=bytes(s.data))
+    return DecoderFactory().decoder_for("protobuf", schema)(payload)
+
+
+def test_images_of_every_layout_become_raw_images():
+    import numpy as np
+
+    from pipeline.foxglove import raw_image, render_events
+
+    pol = np.arange(24, dtype=np.float32).reshape(2, 3, 4)  # to_frames: (polarity, H, W)
+    img = _decode_raw_image(raw_image(1_500_000, "f", pol))
+    assert (img.width, img.height, img.encoding, img.timestamp.seconds, img.timestamp.nanos) == (4, 3, "32FC1", 1, 500_000_000)
+    np.testing.assert_array_equal(np.frombuffer(img.data, np.float32).reshape(3, 4), pol.sum(axis=0))
+    rgb = np.zeros((5, 2, 3), np.uint8)  # (H, W, RGB)
+    rgb[4, 1] = (1, 2, 3)
+    img = _decode_raw_image(raw_image(0, "f", rgb))
+    assert (img.encoding, img.step, img.height) == ("rgb8", 6, 5) and img.data[-3:] == b"\x01\x02\x03"
+    img = _decode_raw_image(raw_image(0, "f", np.full((2, 2), 7, np.uint16)))
+    assert img.encoding == "mono16"
+    # two ON events at one pixel saturate white, one OFF darkens another, the rest stays grey
+    ev = render_events(np.array([1, 1, 0], np.uint16), np.array([0, 0, 1], np.uint16), np.array([1, 1, 0], bool), 2, 2)
+    np.testing.assert_array_equal(ev, [[128, 255], [64, 128]])
