@@ -105,13 +105,76 @@ def test_unknown_population_is_named():
         compile_network(spec)
 
 
+def test_board_threads_are_bit_identical_to_one_partition():
+    # the shared-memory board: every partition in its own thread, spikes merged per window
+    # in (step, neuron) order inside each partition's Numba loop, chunks of 7 windows
+    spec = mixed_network()
+    s1, n1, v1, _ = run(spec, 1)
+    for k in (2, 3):
+        sim = Simulation(spec, actors=k, backend="threads").build()
+        chunks = list(sim.chunks(0.2, 7))
+        v = np.concatenate([p.v for p in sim.parts])
+        waits = sim.partition_times()
+        sim.close()
+        np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), s1)
+        np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), n1)
+        assert v.tobytes() == v1.tobytes(), f"membrane potentials differ bitwise for K={k}"
+        assert len(waits) == k and all(w["wait_s"] >= 0 for w in waits)
+
+
+def test_a_partition_without_its_peer_gives_up_naming_it():
+    from cluster.brainsim import exchange as x
+
+    sim = Simulation(mixed_network(), actors=2, backend="threads").build()
+    try:  # partition 1 never runs: partition 0 finishes window 0, then waits for 1's
+        with pytest.raises(x.ExchangeStalled, match="waited for partition 1's window 0"):
+            sim.parts[0].run_on_board(3, sim._board, 0, spin_us=10, timeout_s=0.05)
+        sim._board.abort()  # an abort ends the wait at once, whatever the timeout
+        with pytest.raises(x.ExchangeStalled):
+            sim.parts[0].run_on_board(3, sim._board, 0, spin_us=10, timeout_s=60)
+    finally:
+        sim.close()
+
+
 def test_ray_actors_match_inline(ray_session):
+    import os
+
     spec = mixed_network()
     s1, n1, _, _ = run(spec, 1, duration_s=0.05)
-    s2, n2, _, info = run(spec, 2, backend="ray", duration_s=0.05)
-    assert info["backend"] == "ray" and info["actors"] == 2
-    np.testing.assert_array_equal(s2, s1)
-    np.testing.assert_array_equal(n2, n1)
+    sim = Simulation(spec, actors=2, backend="ray").build()
+    paths = list(sim._paths)
+    assert all(os.path.exists(p) for p in paths) and len(paths) == 1  # one node: one board
+    chunks = list(sim.chunks(0.05, 9))
+    info, times = sim.info(), sim.partition_times()
+    sim.close()
+    assert info["backend"] == "ray" and info["actors"] == 2 and info["nodes"] == 1
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), s1)
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), n1)
+    assert all(t["busy_s"] > 0 for t in times)
+    assert not any(os.path.exists(p) for p in paths), "the board file outlives the run"
+
+
+def test_a_dead_actor_ends_the_run_with_an_error_naming_it(ray_session):
+    import ray
+
+    from cluster.brainsim.engine import PartitionLost
+
+    sim = Simulation(NetworkSpec(model="brunel2000", scale=0.04, options={"indegree_e": 100}), actors=2,
+                     backend="ray", timeout_s=30).build()
+    try:
+        gen = sim.chunks(5.0, 10)
+        next(gen)
+        ray.kill(sim.parts[1])
+        with pytest.raises(PartitionLost, match="partition 1 .neurons 250-499. died"):
+            for _ in gen:
+                pass
+    finally:
+        sim.close()
+
+
+def test_too_few_cpus_for_the_partitions_is_an_error_not_a_hang(ray_session):
+    with pytest.raises(ValueError, match="actors=3 needs 3 CPUs"):
+        Simulation(mixed_network(), actors=3, backend="ray").build()
 
 
 def test_fused_single_partition_matches_window_exchange():
