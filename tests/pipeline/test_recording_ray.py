@@ -6,6 +6,7 @@ import sys
 
 import cloudpickle
 import numpy as np
+import pytest
 
 import pipeline.run  # noqa: F401  (the executors, Ray's among them: a plain import, no skip)
 from pipeline import Graph, run
@@ -70,6 +71,7 @@ def test_replay_gives_identical_outputs_under_local_and_ray(tmp_path, ray_sessio
         outs[i] = res.results["sink"]["batches"]
         rec = Recording(tmp_path / f"o{i}")
         assert rec.table("slow.out").num_rows == 5000
+        assert rec.report["status"] == "complete"  # the recorder in its actor saw every stream end
     reference = outs[0]
     assert len(reference) == 16 + 17  # every batch of both streams, one command each
     ports = [b.column("port")[0].as_py() for b in reference]
@@ -82,3 +84,42 @@ def test_replay_gives_identical_outputs_under_local_and_ray(tmp_path, ray_sessio
         assert got.equals(Recording(tmp_path / "o0").table("zip.out"))
     t = np.array([b.column("t")[0].as_py() for b in reference])
     assert (np.diff(t) >= 0).all()  # merged in sensor-time order
+
+
+class _Broken(Operator):
+    """Fails on its third batch, as a kernel meeting bad data would."""
+
+    name = "rec_test_broken"
+    inputs = {"in": "events"}
+    outputs = {"out": "events"}
+
+    def __init__(self, params=None, node=None):
+        super().__init__(params, node)
+        self.seen = 0
+
+    def process(self, port, batch):
+        self.seen += 1
+        if self.seen == 3:
+            raise ValueError("bad batch")
+        return batch
+
+
+register(_Broken)
+
+
+def test_a_failed_ray_run_leaves_a_failed_recording(tmp_path, ray_session):
+    from pipeline.errors import ReflexarcError
+    from pipeline.recording import inspect_recording
+    from pipeline.recording_cli import RunExtras
+
+    g = Graph("broken")
+    g.add("cam", "synthetic", duration_s=0.05, rate_hz=100_000, batch_items=500)
+    g.add("bad", "rec_test_broken", inputs={"in": "cam.out"})
+    g.add("n", "count_sink", inputs={"in": "bad.out"})
+    extras = RunExtras(g, record=str(tmp_path / "r"))
+    with pytest.raises(ReflexarcError, match="bad batch"):
+        with extras:
+            run(g, "ray")
+    report = inspect_recording(tmp_path / "r")
+    assert report["status"] == "failed" and "bad batch" in report["error"] and not report["ok"]
+    assert report["streams"]["cam.out"]["rows"] >= 1000  # what was written before the error is kept
