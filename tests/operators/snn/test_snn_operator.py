@@ -61,8 +61,8 @@ def test_demo_pipeline_recognises_the_recorded_gestures(recording):
     gestures = result.results["command"]["gestures"]
     assert len(gestures) == len(segments)
     truth = [seg[2] for seg in segments]
-    hits = sum(g["label"] == k for g, k in zip(gestures, truth))
-    assert hits >= len(segments) - 1, (gestures, truth)
+    # a recording at a seed the model never saw: every gesture named right (chance: 1 in 8 each)
+    assert [g["label"] for g in gestures] == truth, (gestures, truth)
     for g, (start, end, _) in zip(gestures, segments):
         assert start <= g["t_us"] <= end + 200_000  # decided while (or just after) it happened
         assert g["latency_ms"] >= 0
@@ -130,24 +130,20 @@ def test_state_is_kept_per_stream():
     assert restored.streams["cam_a.out"]["steps"] == 3
 
 
-def test_training_smoke(tmp_path):
+def test_training_learns_gestures_it_is_tested_on_held_out_clips(tmp_path):
     from operators.snn.train import train
 
-    report = train(minutes=0.01, n_per_class=1, n_eval=1, out=tmp_path / "tiny.nir")
+    # ~5 s of CPU time (not wall time: the budget must not shrink on a busy machine) on four
+    # clips per class; the report is on 16 clips at a seed used for neither training nor
+    # validation. Chance is 1 in 8; such a run reached 0.75 here (72 epochs).
+    report = train(minutes=5.0, cpu_minutes=0.08, n_per_class=4, n_eval=2, out=tmp_path / "tiny.nir")
     assert (tmp_path / "tiny.nir").is_file()
-    assert 0.0 <= report["accuracy"] <= 1.0 and report["early_exit"]
+    assert report["accuracy"] >= 0.5, report
+    assert report["early_exit"]
     assert nir_io.load(tmp_path / "tiny.nir").input_shape == (2, 64, 64)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-
-
-def test_demo_gives_the_same_decisions_under_ray(recording, ray_cluster):
+def test_demo_gives_the_same_decisions_under_ray(recording, ray_session):
     path, _ = recording
     local = run(_graph(path)).results["command"]["gestures"]
     remote = run(_graph(path), executor="ray").results["command"]["gestures"]
