@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from cluster.evolution import EvolveConfig, evolve, load_config, register
-from operators.control.snn import SNNModel
+from operators.control.sim import pid_traces
+from operators.control.snn import SNNModel, reference_step
 from pipeline.errors import ConfigError, DataError
 
 CONFIG = Path(__file__).parents[2] / "configs" / "blimp_evolve.yaml"
@@ -31,7 +32,12 @@ def tiny(tmp_path, **kw) -> EvolveConfig:
 def test_two_generations_then_resume(tmp_path):
     report = evolve(tiny(tmp_path), progress=False)
     assert report["generations"] == 2 and report["evaluations"] == 8
-    assert np.isfinite(report["train_loss"]) and np.isfinite(report["validation_loss"])
+    # held-out flights (the validation seed): better than a controller that does nothing,
+    # whose loss is mean |PID command| + (1 - correlation 0)
+    cfg = tiny(tmp_path)
+    _, commands = pid_traces(cfg.data.validation, cfg.data.duration_s, seed=cfg.data.seed + 10_000,
+                             dt_s=cfg.layout.dt_s, model=cfg.data.plant)
+    assert report["validation_loss"] < 0.8 * (np.abs(commands).mean() + 1.0), report
     state = pickle.loads((tmp_path / "ck.pkl").read_bytes())
     assert state["generation"] == 2 and len(state["history"]) == 2
     model = SNNModel.load(tmp_path / "model.json")
@@ -50,19 +56,35 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     assert fresh["generations"] == 1
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-def test_fitness_on_two_ray_workers_matches_in_process(tmp_path, ray_cluster):
+def test_fitness_on_two_ray_workers_matches_in_process(tmp_path, ray_session):
     local = evolve(tiny(tmp_path / "a", cma={"generations": 1}), progress=False)
     remote = evolve(tiny(tmp_path / "b", cma={"generations": 1}, workers=2), progress=False)
     assert remote["train_loss"] == pytest.approx(local["train_loss"])
-    assert ray_cluster.is_initialized()  # a cluster we did not start is left running
+    assert ray_session.is_initialized()  # a cluster we did not start is left running
+
+
+def _fly_reference(model: SNNModel, inputs: np.ndarray) -> np.ndarray:
+    """The model's commands over (S, T, 2) inputs by the slow reference step (not the kernel)."""
+    out = np.zeros(inputs.shape[:2])
+    for s, flight in enumerate(inputs):
+        shapes = {"ie": 2 * model.pairs, "ve": 2 * model.pairs, "ih": model.hidden_size,
+                  "bh": model.hidden_size, "vh": model.hidden_size, "sh": model.hidden_size}
+        st = {k: np.zeros((model.nets, n)) for k, n in shapes.items()} | {"y": np.zeros(model.nets)}
+        for i, (x, xd) in enumerate(flight):
+            out[s, i] = np.clip(reference_step(model, x, xd, st), -3.3, 3.3)
+    return out
+
+
+def test_shipped_evolved_model_mimics_pid_on_unseen_flights():
+    # three randomised airframes and trajectories at a seed neither training (1), validation
+    # (10,001) nor the closed-loop scenarios (5,001) used; measured here: r = 0.91, MAE 0.52
+    # against mean |command| 1.05. A controller that ignores its input scores r = 0.
+    model = SNNModel.load()
+    inputs, commands = pid_traces(3, 20.0, seed=777, dt_s=model.dt_s)
+    u = _fly_reference(model, inputs)
+    r = np.corrcoef(u.ravel(), commands.ravel())[0, 1]
+    assert r >= 0.85, r
+    assert np.abs(u - commands).mean() < 0.65 * np.abs(commands).mean()
 
 
 def test_shipped_config_loads_and_bad_values_are_named(tmp_path):
