@@ -1,6 +1,5 @@
 """The closed loop as a pipeline: watchdog safe states, NaN handling, config errors, eval runner."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,22 @@ from pipeline.graph import Graph
 CONFIG = Path(__file__).parents[3] / "configs" / "blimp_altitude.yaml"
 
 
-class SlowPID(PID):
-    """A PID that blows its deadline from tick `late_from` on."""
+class Clock:
+    """Time that passes only when a controller says it spent it (deadlines without load flakes)."""
 
-    def __init__(self, late_from):
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class SlowPID(PID):
+    """A PID that takes 20 ms of `clock` time from tick `late_from` on, and none before."""
+
+    def __init__(self, late_from, clock):
         super().__init__()
-        self.late_from, self.calls = late_from, 0
+        self.late_from, self.calls, self.clock = late_from, 0, clock
 
     def reset(self):
         super().reset()
@@ -33,7 +42,7 @@ class SlowPID(PID):
     def step(self, setpoint, measured):
         self.calls += 1
         if self.calls > self.late_from:
-            time.sleep(0.02)
+            self.clock.now += 0.02
         return super().step(setpoint, measured)
 
 
@@ -49,7 +58,9 @@ def test_sensor_stop_puts_the_motor_in_hover():
 
 
 def test_deadline_miss_gives_zero_thrust_when_configured():
-    loop = ClosedLoop(PlantParams(), AltimeterParams(), SlowPID(late_from=20), watchdog=WatchdogParams(deadline_ms=5.0, safe="zero"))
+    clock = Clock()
+    loop = ClosedLoop(PlantParams(), AltimeterParams(), SlowPID(late_from=20, clock=clock),
+                      watchdog=WatchdogParams(deadline_ms=5.0, safe="zero"), clock=clock)
     run = loop.run(profile("step", 3.0))
     assert loop.counts["deadline_misses"] == 10
     assert np.all(run["u"][20:] == 0.0) and np.all(run["safe"][20:] == 1)
@@ -132,15 +143,7 @@ def test_eval_runner_quick(tmp_path):
     assert report["pipeline"]["monitor"]["ticks"] == 200
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-def test_same_flight_under_local_and_ray(ray_cluster):
+def test_same_flight_under_local_and_ray(ray_session):
     local = pipeline.run(short_graph(), "local").results
     remote = pipeline.run(short_graph(), "ray").results
     assert remote["monitor"] == local["monitor"]
