@@ -188,7 +188,7 @@ def test_a_recording_of_frames_and_empty_streams_round_trips(tmp_path):
 
 CHILD = textwrap.dedent("""
     import sys
-    import pipeline.builtins, pipeline.operator
+    import pipeline.builtins, pipeline.operator, pipeline.recording  # the runtime's operators and record
     pipeline.operator._plugins_loaded = True  # builtins suffice: skip importing every operator family
     from pipeline import Graph, run
     g = Graph("crash")
@@ -216,6 +216,7 @@ def test_sigkilled_recorder_leaves_a_readable_recording(tmp_path, mode):
     assert json.loads((folder / MANIFEST).read_text())["status"] == "recording"
     report = inspect_recording(folder)
     assert report["repaired"] and report["status"] == "recovered"
+    assert not report["ok"] and "never closed it" in report["problems"][0]  # inspect exits 1, saying why
     rows = report["streams"]["cam.out"]["rows"]
     assert rows > 10_000 and rows % 1000 == 0
     repaired = json.loads((folder / MANIFEST).read_text())
