@@ -64,12 +64,35 @@ def test_emulator_counts_and_energy():
     assert y.shape == (20, 5)
     assert r["spikes"] > 0 and r["synops"] > r["spikes"]
     assert r["cores"] >= 2 and r["chips"] == 1
-    expected = (r["synops"] * 23.6 + r["spikes"] * 1.7 + r["neuron_updates"] * 52.0) * 1e-6
-    assert r["energy_uj"] == pytest.approx(expected)
     # quantised, so close to but not exactly the float network
     with torch.no_grad():
         ref, _ = net.run(torch.from_numpy(_input()).unsqueeze(1))
     assert np.corrcoef(y.ravel(), ref[:, 0].numpy().ravel())[0, 1] > 0.9
+
+
+# Loihi's energies per operation as published (Davies et al., IEEE Micro 38(1), 2018,
+# Table 2): synaptic spike op 23.6 pJ, within-tile spike 1.7 pJ, neuron update 52 pJ.
+LOIHI_PJ = {"synop": 23.6, "spike": 1.7, "update": 52.0}
+
+
+def test_emulator_energy_from_counts_taken_by_hand():
+    # 3 inputs -> 2 LIF neurons, every weight 2.0 (exact in 8 bits): each input event drives
+    # both neurons over threshold 1 in its step, and they reset to 0, so the float network,
+    # the chip and this count agree on every spike
+    net = Network.sequential((3,), [("fc", Affine(torch.full((2, 3), 2.0), None)), ("lif", L.LIF((2,)))])
+    x = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0], [0, 0, 0], [1, 1, 1]], np.float32)
+    b = backend("neuromorphic-emulator")(net, chip="loihi")
+    y, _ = b.run(x, b.initial_state())
+    spiking_steps = int((x.sum(1) > 0).sum())  # 3 steps with input
+    assert y.tolist() == [[1.0, 1.0] if row.any() else [0.0, 0.0] for row in x]
+    r = b.report()
+    synops = int(x.sum()) * 2  # 6 input events, each reaching 2 synapses
+    spikes = spiking_steps * 2
+    updates = len(x) * 2  # every neuron updates every step
+    assert (r["synops"], r["spikes"], r["neuron_updates"]) == (synops, spikes, updates)
+    energy_pj = synops * LOIHI_PJ["synop"] + spikes * LOIHI_PJ["spike"] + updates * LOIHI_PJ["update"]
+    assert r["energy_uj"] == pytest.approx(energy_pj * 1e-6)
+    assert r["energy_per_step_uj"] == pytest.approx(energy_pj * 1e-6 / len(x))
 
 
 def test_synop_count_by_hand():
@@ -97,10 +120,16 @@ def test_profiles_cite_sources():
 def test_quantisation_loss_is_reported():
     net = _net()
     frames = np.stack([_input(10, seed=s) for s in range(6)])
-    labels = np.arange(6) % 5
+    # label each clip with the float network's own decision (mean readout, as training
+    # decodes), computed here: the float accuracy must then be exactly 1
+    with torch.no_grad():
+        labels = np.array([int(net.run(torch.from_numpy(c).unsqueeze(1))[0][:, 0].mean(0).argmax()) for c in frames])
     r = quantisation_loss(net, frames, labels, chip="loihi")
-    assert set(r) >= {"float_accuracy", "chip_accuracy", "accuracy_lost"}
-    assert r["accuracy_lost"] == pytest.approx(r["float_accuracy"] - r["chip_accuracy"])
+    assert r["float_accuracy"] == 1.0
+    chip = backend("neuromorphic-emulator")(_net(), chip="loihi")
+    agree = np.mean([int(chip.run(c, chip.initial_state())[0].mean(0).argmax()) == k for c, k in zip(frames, labels)])
+    assert r["chip_accuracy"] == pytest.approx(agree) and agree >= 0.5
+    assert r["accuracy_lost"] == pytest.approx(1.0 - agree)
 
 
 def test_vendor_backends_say_why_they_cannot_run():
