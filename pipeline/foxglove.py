@@ -13,10 +13,12 @@ messages by stream kind, with plain NumPy (no operator needed):
 
 Live: `reflexarc run CONFIG --foxglove 127.0.0.1:8765` adds a `foxglove_tap` node fed by
 every stream (as `--record` adds a record tap). The tap runs wherever the executor puts
-it (the driver, a Ray actor); it makes at most `max_hz` messages per stream per second and
-hands them to the driver over a ZeroMQ PUSH socket on 127.0.0.1 that never blocks: when
+it (the driver, a Ray actor); at most `max_hz` times per stream per second it hands the
+part of a batch the viewer shows (the last frame or row; all of an events or spikes batch)
+as Arrow IPC to the driver, over a ZeroMQ PUSH socket on 127.0.0.1 that never blocks: when
 the driver's queue is full the message is dropped for the viewer, never for the pipeline,
-and counted. The driver (`LiveViewer`) serves them with foxglove-sdk's WebSocket server.
+and counted. The driver (`LiveViewer`) renders it (`View.latest`, off the pipeline's thread)
+and serves it with foxglove-sdk's WebSocket server.
 """
 
 from __future__ import annotations
@@ -236,7 +238,7 @@ class FoxgloveTapParams(Params):
 
 @register
 class FoxgloveTap(Operator):
-    """Hands rate-limited Foxglove messages of each input stream to the driver's live server.
+    """Hands rate-limited slices of each input stream to the driver's live Foxglove server.
 
     Added by `reflexarc run --foxglove`; never blocks: a message the driver cannot take at
     once is dropped for the viewer and counted.
@@ -249,18 +251,21 @@ class FoxgloveTap(Operator):
         super().__init__(params, node)
         self.inputs = {s.replace(".", "__"): "any" for s in self.params.streams}
         self._stream_of = {s.replace(".", "__"): s for s in self.params.streams}
-        self._schemas: dict[str, pa.Schema] = {}
-        self._views: dict[str, View] = {}
+        self._heads = {p: json.dumps({"stream": st, "topic": topic_of(st)}).encode() for p, st in self._stream_of.items()}
+        self._kinds: dict[str, str] = {}
+        self._announced: set[str] = set()
         self._next: dict[str, float] = {}
         self._sock = None
         self.sent = self.dropped = self.skipped = 0
-        self.busy_ns = 0  # time spent rendering and sending (on the pipeline's thread)
+        self.busy_ns = 0  # time spent slicing and sending (on the pipeline's thread)
 
     def schemas(self, inputs):
         return {}
 
     def setup(self):
         import zmq
+
+        self._announced, self._kinds = set(), {}
 
         self._sock = zmq.Context.instance().socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, self.params.queue)
@@ -277,34 +282,37 @@ class FoxgloveTap(Operator):
             self.skipped += 1  # rate limit: the viewer gets at most max_hz of this stream
             return None
         self._next[port] = now + self._period
-        t0 = time.perf_counter_ns()
+        t0 = time.thread_time_ns()  # CPU of this thread: a wait for the GIL is not the tap's work
         try:
             self._send(port, batch)
         finally:
-            self.busy_ns += time.perf_counter_ns() - t0
+            self.busy_ns += time.thread_time_ns() - t0
         return None
 
     def _send(self, port, batch) -> None:
-        """Render one message standing for `batch` and hand it to the driver, or drop it."""
-        view = self._views.get(port)
-        if view is None:
-            view = self._views[port] = View(self._stream_of[port], sch.unstamp(batch.schema))
-        msg = view.latest(batch)
-        if msg is None:
-            return None
-        log_ns, payload = msg
-        name, enc, data = view.channel_schema() if port not in self._schemas else (None, None, b"")
-        head = json.dumps({"topic": topic_of(view.stream), "log_ns": log_ns,
-                           "schema": None if name is None else [name, enc, view.message_encoding]}).encode()
-        parts = [head, data, payload] if name is not None else [head, payload]
+        """Hand the part of `batch` the viewer shows to the driver as Arrow IPC, or drop it.
+
+        The driver renders it (`View.latest`): under Ray that is another process, and under
+        the local executor another thread, so the pipeline's thread only slices and
+        serialises (a frame or a row: the last one; events and spikes: the whole batch).
+        """
+        if batch.num_rows == 0:
+            return
+        kind = self._kinds.get(port)
+        if kind is None:
+            kind = self._kinds[port] = sch.kind_of(batch.schema) or "commands"
+        part = batch if kind in ("events", "spikes") else batch.slice(batch.num_rows - 1, 1)
+        if port in self._announced:
+            parts = [self._heads[port], part.serialize()]
+        else:  # the first message of a stream carries its schema
+            parts = [self._heads[port], part.serialize(), sch.unstamp(batch.schema).serialize()]
         try:
             self._sock.send_multipart(parts, flags=self._noblock, copy=False)
         except self._again:
             self.dropped += 1  # the driver is behind: the viewer misses this one, the pipeline goes on
-            return None
-        self._schemas[port] = True
+            return
+        self._announced.add(port)
         self.sent += 1
-        return None
 
     def close(self):
         if self._sock is not None:
@@ -313,7 +321,7 @@ class FoxgloveTap(Operator):
 
     def result(self):
         return {"sent": self.sent, "skipped_rate_limit": self.skipped, "dropped_driver_busy": self.dropped,
-                "render_send_ms": round(self.busy_ns / 1e6, 3)}
+                "send_ms": round(self.busy_ns / 1e6, 3)}
 
 
 # --- the driver's server -------------------------------------------------------------
@@ -331,14 +339,15 @@ class ViewerStats:
     received: int = 0
     logged: int = 0
     channels: int = 0
+    failed: int = 0
 
 
 class LiveViewer:
     """The driver side of `--foxglove`: a ZeroMQ PULL socket and foxglove-sdk's WebSocket server.
 
     `tap(graph)` adds the `foxglove_tap` node; `start()` serves; `stop()` ends both. A
-    message arrives as (header JSON, [schema data,] payload) and is logged on its topic's
-    channel, made on first sight. Slow WebSocket clients are the server's concern: it
+    message arrives as (header JSON, batch IPC message[, schema IPC message]); it is rendered
+    and logged on its topic's channel, made on first sight from the schema. Slow WebSocket clients are the server's concern: it
     keeps `backlog` messages per client and drops the oldest (counted by foxglove-sdk).
     """
 
@@ -401,26 +410,46 @@ class LiveViewer:
                 except zmq.Again:
                     break
                 self.stats.received += 1
-                head = json.loads(parts[0])
-                topic = head["topic"]
-                channel = self.channels.get(topic)
-                if channel is None:
-                    if head.get("schema") is None:
-                        continue  # a message before its schema (the viewer restarted): skip
-                    name, enc, msg_enc = head["schema"]
-                    channel = foxglove.Channel(topic, schema=foxglove.Schema(name=name, encoding=enc, data=parts[1]),
-                                               message_encoding=msg_enc)
-                    self.channels[topic] = channel
-                    self.stats.channels += 1
-                channel.log(parts[-1], log_time=int(head["log_ns"]))
-                self.stats.logged += 1
+                try:
+                    self._show(parts, foxglove)
+                except Exception as exc:  # one bad message must not end the viewer
+                    self.stats.failed += 1
+                    log.debug("foxglove viewer: message dropped (%s)", exc)
+
+    def _show(self, parts: list, foxglove) -> None:
+        """Render one tap message (a batch slice as Arrow IPC) and log it on its topic's channel."""
+        head = json.loads(parts[0])
+        topic = head["topic"]
+        entry = self.channels.get(topic)
+        if entry is None:
+            if len(parts) < 3:
+                return  # its schema went with a message that was lost (a restarted viewer)
+            schema = pa.ipc.read_schema(pa.py_buffer(parts[2]))
+            view = View(head["stream"], schema)
+            if not view.shown:
+                self.channels[topic] = entry = (None, view, schema)
+            else:
+                name, enc, data = view.channel_schema()
+                channel = foxglove.Channel(topic, schema=foxglove.Schema(name=name, encoding=enc, data=data),
+                                           message_encoding=view.message_encoding)
+                self.channels[topic] = entry = (channel, view, schema)
+                self.stats.channels += 1
+        channel, view, schema = entry
+        if channel is None:
+            return
+        batch = pa.ipc.read_record_batch(pa.py_buffer(parts[1]), schema)
+        msg = view.latest(batch)
+        if msg is not None:
+            channel.log(msg[1], log_time=msg[0])
+            self.stats.logged += 1
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        for ch in self.channels.values():
-            ch.close()
+        for channel, _view, _schema in self.channels.values():
+            if channel is not None:
+                channel.close()
         if self.server is not None:
             self.server.stop()
             self.server = None
