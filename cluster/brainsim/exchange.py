@@ -151,7 +151,8 @@ def _deliver_merged(board, slots, parity, first_step, window, K, pos, indptr, tg
     """Deliver one window's spikes of all K partitions in (step, global neuron) order.
 
     Partitions own ascending neuron ranges and each slot is sorted by key, so taking the
-    partitions in turn within each step is the global order.
+    partitions in turn within each step is the global order. Stored delays are steps
+    beyond the shortest delay, which is the window.
     """
     ring = buf.shape[0]
     mask = np.int64(0xFFFFFFFF)
@@ -169,13 +170,13 @@ def _deliver_merged(board, slots, parity, first_step, window, K, pos, indptr, tg
                 j = key & mask
                 for s in range(indptr[j], indptr[j + 1]):
                     code = dch[s]
-                    buf[(t + (code & k.DELAY_MASK)) % ring, code >> 7, tgt[s]] += w[s]
+                    buf[(t + window + (code & k.DELAY_MASK)) % ring, code >> 7, tgt[s]] += w[s]
                 p += 1
             pos[q] = p
 
 
 @njit(cache=True, nogil=True)
-def run_board(n_windows, window, step0, pops, pidx, lo, v, ge, gi, refr, rng, buf, indptr, tgt, w, dch,
+def run_board(n_windows, window, step0, pops, pidx, lo, v, ge, gi, de, di, refr, rng, buf, indptr, tgt, w, dch,
               src_steps, src_neurons, src_ptr, out_steps, out_neurons, fired, board, me, slots, sync,
               spin_cycles, max_sleeps, chunk, done, waited):
     """Advance up to `n_windows` windows of partition `me`, exchanging spikes through `board`.
@@ -205,7 +206,7 @@ def run_board(n_windows, window, step0, pops, pidx, lo, v, ge, gi, refr, rng, bu
                 waited[0] += c
             _deliver_merged(board, slots, (wnd - 1) & 1, s0 - window + 1, window, K, pos, indptr, tgt, w,
                             dch, buf)
-        c = k.advance(pops, pidx, lo, s0, window, v, ge, gi, refr, rng, buf, src_steps, src_neurons, src_ptr,
+        c = k.advance(pops, pidx, lo, s0, window, v, ge, gi, de, di, refr, rng, buf, src_steps, src_neurons, src_ptr,
                       out_steps, out_neurons, fired)
         base = slots[me, wnd & 1]
         for i in range(c):

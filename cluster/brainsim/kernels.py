@@ -23,9 +23,9 @@ from numba import njit
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 # population model codes
-LIF_CUBA, LIF_COBA, LIF_DELTA, POISSON, SPIKE_SOURCE = 0, 1, 2, 3, 4
+LIF_CUBA, LIF_COBA, LIF_DELTA, POISSON, SPIKE_SOURCE, LIF_ALPHA = 0, 1, 2, 3, 4, 5
 # projection rule codes
-FIXED_PROB, FIXED_INDEGREE, ONE_TO_ONE = 0, 1, 2
+FIXED_PROB, FIXED_INDEGREE, ONE_TO_ONE, EXPLICIT = 0, 1, 2, 3
 # distribution codes
 CONST, NORMAL, UNIFORM = 0, 1, 2
 
@@ -34,12 +34,15 @@ P_MODEL, P_LO, P_N, P_P22, P_P21E, P_P21I, P_DECE, P_DECI, P_VREST, P_VTH, P_VRE
 P_EXTLAM, P_EXTW, P_EXTCH, P_EE, P_EI, P_TAUM, P_DT, P_RATEP, P_V0LO, P_V0HI = range(12, 22)
 P_GE0LO, P_GE0HI, P_GI0LO, P_GI0HI = range(22, 26)
 P_V0D, P_GE0D, P_GI0D = range(26, 29)  # distribution codes of the initial values (LO, HI: low, high or mean, std)
-POP_COLS = 29
+# alpha-current LIF (NEST's iaf_psc_alpha): dI -> V and I -> V propagators per channel, the
+# constant drive I_e, and e / tau_syn (an incoming weight in pA starts dI so that I peaks at w)
+P_P31E, P_P32E, P_P31I, P_P32I, P_IE, P_PSCE, P_PSCI = range(29, 36)
+POP_COLS = 36
 
 # projection table columns (float64)
 (J_PRELO, J_PREN, J_POSTLO, J_POSTN, J_RULE, J_RP, J_WD, J_WA, J_WB, J_DD, J_DA, J_DB, J_CH,
- J_AUTAPSES, J_SEED) = range(15)
-PROJ_COLS = 15
+ J_AUTAPSES, J_SEED, J_EXLO, J_EXN) = range(17)
+PROJ_COLS = 17  # J_EXLO, J_EXN: an explicit projection's edges in the edge table, sorted by post
 
 DELAY_MASK = np.uint8(0x7F)
 
@@ -101,7 +104,7 @@ def _draw(state, code, a, b):
 
 
 @njit(cache=True, nogil=True)
-def _synapses_of(proj, post, seed, pres, ws, ds, dt):
+def _synapses_of(proj, post, seed, pres, ws, ds, dt, d_base, edges):
     """Draw the incoming synapses of global neuron `post` for one projection row.
 
     Returns how many were written to `pres`, `ws`, `ds` (sized for the worst case).
@@ -114,6 +117,17 @@ def _synapses_of(proj, post, seed, pres, ws, ds, dt):
     state[0] = stream_seed(seed, int(proj[J_SEED]), post)
     autapses = proj[J_AUTAPSES] > 0.5
     count = 0
+    if rule == EXPLICIT:  # edges[0..3]: pre (global), post (global), weight, delay (ms); sorted by post
+        e_lo = int(proj[J_EXLO])
+        posts = edges[1, e_lo:e_lo + int(proj[J_EXN])]
+        a = np.searchsorted(posts, post, side="left")
+        b = np.searchsorted(posts, post, side="right")
+        for e in range(a, b):
+            pres[count] = int(edges[0, e_lo + e])
+            ws[count] = edges[2, e_lo + e]
+            ds[count] = max(d_base, min(d_base + 127, int(round(edges[3, e_lo + e] / dt)))) - d_base
+            count += 1
+        return count
     if rule == ONE_TO_ONE:
         if post_local < pre_n:
             pres[0] = pre_lo + post_local
@@ -151,13 +165,16 @@ def _synapses_of(proj, post, seed, pres, ws, ds, dt):
         ws[c] = w
         d = _draw(state, int(proj[J_DD]), proj[J_DA], proj[J_DB])
         steps = int(round(d / dt))
-        ds[c] = max(1, min(127, steps))
+        ds[c] = max(d_base, min(d_base + 127, steps)) - d_base
     return count
 
 
 @njit(cache=True, nogil=True)
-def build_csr(projs, lo, hi, n_global, seed, dt, max_row):
+def build_csr(projs, lo, hi, n_global, seed, dt, max_row, d_base, edges):
     """Incoming synapses of neurons [lo, hi) as CSR rows keyed by global pre index.
+
+    A synapse's delay is stored as steps beyond `d_base` (the network's shortest delay,
+    at least 1 step), 0 to 127.
 
     Two passes over the same random streams (count, then fill: a stable counting sort),
     so no temporary arrays of synapse size are needed.
@@ -170,7 +187,7 @@ def build_csr(projs, lo, hi, n_global, seed, dt, max_row):
         p_lo = int(projs[r, J_POSTLO])
         p_hi = p_lo + int(projs[r, J_POSTN])
         for post in range(max(lo, p_lo), min(hi, p_hi)):
-            c = _synapses_of(projs[r], post, seed, pres, ws, ds, dt)
+            c = _synapses_of(projs[r], post, seed, pres, ws, ds, dt, d_base, edges)
             for s in range(c):
                 indptr[pres[s] + 1] += 1
     for j in range(n_global):
@@ -185,7 +202,7 @@ def build_csr(projs, lo, hi, n_global, seed, dt, max_row):
         p_hi = p_lo + int(projs[r, J_POSTN])
         ch = np.uint8(128) if projs[r, J_CH] > 0.5 else np.uint8(0)
         for post in range(max(lo, p_lo), min(hi, p_hi)):
-            c = _synapses_of(projs[r], post, seed, pres, ws, ds, dt)
+            c = _synapses_of(projs[r], post, seed, pres, ws, ds, dt, d_base, edges)
             for s in range(c):
                 k = fill[pres[s]]
                 tgt[k] = post - lo
@@ -216,15 +233,16 @@ def init_neurons(pops, pidx, lo, seed, v, ge, gi, rng):
 
 
 @njit(cache=True, nogil=True)
-def deliver(steps, neurons, indptr, tgt, w, dch, buf):
+def deliver(steps, neurons, indptr, tgt, w, dch, buf, d_base):
     """Add each spike's weights into the ring-buffer slot of its arrival step.
 
     `steps`, `neurons`: the spikes of one window, sorted by (step, global neuron).
-    `buf[slot, channel, local neuron]`, slot = arrival step modulo the ring length.
+    `buf[slot, channel, local neuron]`, slot = arrival step modulo the ring length; a
+    synapse's delay is `d_base` plus its stored steps.
     """
     ring = buf.shape[0]
     for s in range(steps.shape[0]):
-        step = steps[s]
+        step = steps[s] + d_base
         j = neurons[s]
         for k in range(indptr[j], indptr[j + 1]):
             code = dch[k]
@@ -384,6 +402,32 @@ def _lif_delta(v, refr, bufe, bufi, fired, p22, vrest, vth, vreset, ref):
 
 
 @njit(cache=True, nogil=True)
+def _lif_alpha(v, ie, ii, die, dii, refr, bufe, bufi, fired, p22, p11e, p11i, dt, p31e, p32e, p31i, p32i, drive,
+               psce, psci, vrest, vth, vreset, ref):
+    """One exact step of LIFs with alpha-shaped currents (NEST's iaf_psc_alpha; Rotter &
+    Diesmann 1999), one population's slices: v from (dI, I) of each channel and the
+    constant drive, then I <- dt P11 dI + P11 I, dI <- P11 dI + e/tau_syn x input (pA)."""
+    n_fired = 0
+    for i in range(v.shape[0]):
+        in_e = bufe[i]
+        in_i = bufi[i]
+        bufe[i] = 0.0
+        bufi[i] = 0.0
+        r = refr[i]
+        vi = v[i]
+        v_new = vrest + drive + p31e * die[i] + p32e * ie[i] + p31i * dii[i] + p32i * ii[i] + (vi - vrest) * p22
+        active = r <= 0
+        vi = v_new if active else vi
+        r = r if active else r - 1
+        ie[i] = dt * p11e * die[i] + p11e * ie[i]
+        die[i] = p11e * die[i] + psce * in_e
+        ii[i] = dt * p11i * dii[i] + p11i * ii[i]
+        dii[i] = p11i * dii[i] + psci * in_i
+        n_fired += _threshold(v, refr, fired, i, vi, r, vth, vreset, ref)
+    return n_fired
+
+
+@njit(cache=True, nogil=True)
 def _poisson(rng, fired, p_spike):
     """One step of Poisson generators (one population's slices); returns how many fired."""
     n_fired = 0
@@ -423,7 +467,7 @@ def fired_scratch(n):
 
 
 @njit(cache=True, nogil=True)
-def advance(pops, pidx, lo, step0, n_steps, v, ge, gi, refr, rng, buf, src_steps, src_neurons, src_ptr,
+def advance(pops, pidx, lo, step0, n_steps, v, ge, gi, de, di, refr, rng, buf, src_steps, src_neurons, src_ptr,
             out_steps, out_neurons, fired):
     """Update neurons from step `step0` for `n_steps` steps; return the spike count written.
 
@@ -459,7 +503,12 @@ def advance(pops, pidx, lo, step0, n_steps, v, ge, gi, refr, rng, buf, src_steps
             ref, vth, vreset, vrest = int(row[P_REF]), row[P_VTH], row[P_VRESET], row[P_VREST]
             if row[P_EXTLAM] > 0.0:
                 _external(rng, bufi if row[P_EXTCH] > 0.5 else bufe, a, b, row[P_EXTLAM], row[P_EXTW])
-            if model == LIF_CUBA:
+            if model == LIF_ALPHA:  # ge, gi: the currents I; de, di: their derivatives dI
+                n_fired += _lif_alpha(v[a:b], ge[a:b], gi[a:b], de[a:b], di[a:b], refr[a:b], bufe[a:b], bufi[a:b],
+                                      fired[a:b], row[P_P22], row[P_DECE], row[P_DECI], row[P_DT], row[P_P31E],
+                                      row[P_P32E], row[P_P31I], row[P_P32I], row[P_IE], row[P_PSCE], row[P_PSCI],
+                                      vrest, vth, vreset, ref)
+            elif model == LIF_CUBA:
                 n_fired += _lif_cuba(v[a:b], ge[a:b], gi[a:b], refr[a:b], bufe[a:b], bufi[a:b], fired[a:b],
                                      row[P_P22], row[P_P21E], row[P_P21I], row[P_DECE], row[P_DECI], vrest, vth,
                                      vreset, ref)
@@ -484,8 +533,8 @@ def advance(pops, pidx, lo, step0, n_steps, v, ge, gi, refr, rng, buf, src_steps
 
 
 @njit(cache=True, nogil=True)
-def run_windows(n_windows, window, step0, pops, pidx, lo, v, ge, gi, refr, rng, buf, indptr, tgt, w, dch,
-                pend_steps, pend_neurons):
+def run_windows(n_windows, window, step0, pops, pidx, lo, v, ge, gi, de, di, refr, rng, buf, indptr, tgt, w,
+                dch, d_base, pend_steps, pend_neurons):
     """Several windows of a partition that is the whole network, without leaving Numba.
 
     The same deliver-then-advance sequence as the runner's loop (so results match it
@@ -505,8 +554,8 @@ def run_windows(n_windows, window, step0, pops, pidx, lo, v, ge, gi, refr, rng, 
     src_ptr = np.zeros(1, np.int64)
     fired = fired_scratch(n)
     for k in range(n_windows):
-        deliver(prev_s[:n_prev], prev_n[:n_prev], indptr, tgt, w, dch, buf)
-        c = advance(pops, pidx, lo, step0 + k * window, window, v, ge, gi, refr, rng, buf, no_src, no_src,
+        deliver(prev_s[:n_prev], prev_n[:n_prev], indptr, tgt, w, dch, buf, d_base)
+        c = advance(pops, pidx, lo, step0 + k * window, window, v, ge, gi, de, di, refr, rng, buf, no_src, no_src,
                     src_ptr, cur_s, cur_n, fired)
         if m + c > cap:
             cap = 2 * (m + c)

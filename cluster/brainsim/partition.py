@@ -15,9 +15,10 @@ import numpy as np
 from cluster.brainsim import kernels as k
 from cluster.brainsim.spec import Dist, NetworkSpec
 
-MODEL_CODES = {"lif_cuba": k.LIF_CUBA, "lif_coba": k.LIF_COBA, "lif_delta": k.LIF_DELTA,
+MODEL_CODES = {"lif_cuba": k.LIF_CUBA, "lif_coba": k.LIF_COBA, "lif_delta": k.LIF_DELTA, "lif_alpha": k.LIF_ALPHA,
                "poisson": k.POISSON, "spike_source": k.SPIKE_SOURCE}
-RULE_CODES = {"fixed_probability": k.FIXED_PROB, "fixed_indegree": k.FIXED_INDEGREE, "one_to_one": k.ONE_TO_ONE}
+RULE_CODES = {"fixed_probability": k.FIXED_PROB, "fixed_indegree": k.FIXED_INDEGREE, "one_to_one": k.ONE_TO_ONE,
+              "explicit": k.EXPLICIT}
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,10 @@ class Layout:
     src_neurons: np.ndarray  # global index
     dt_ms: float
     seed: int
-    min_delay_steps: int
+    min_delay_steps: int  # also the base that stored delays are offsets from
     max_delay_steps: int
     max_row: int
+    edges: np.ndarray  # (4, E) explicit edges: global pre, global post, weight, delay ms; by projection, then post
 
     @property
     def n(self) -> int:
@@ -63,14 +65,15 @@ def _initial(value, default: float) -> tuple[int, float, float]:
 
 
 def _delay_range(value, dt_ms: float) -> tuple[int, int]:
+    """Shortest and longest delay in steps (at least 1; a normal one is clipped by the kernel)."""
     code, a, b = _dist(value)
     if code == k.CONST:
         lo = hi = a
     elif code == k.UNIFORM:
         lo, hi = a, b
-    else:  # normal: clipped to [dt, 127 dt] by the kernel
+    else:  # normal: clipped to [shortest, shortest + 127 steps] by the kernel
         lo, hi = max(dt_ms, a - 8 * b), a + 8 * b
-    steps = lambda d: max(1, min(127, int(round(d / dt_ms))))  # noqa: E731
+    steps = lambda d: max(1, int(round(d / dt_ms)))  # noqa: E731
     return steps(lo), steps(hi)
 
 
@@ -106,6 +109,8 @@ def compile_network(spec: NetworkSpec) -> Layout:
             row[k.P_EXTCH] = 1.0 if p.external.receptor == "inh" else 0.0
         row[k.P_EE], row[k.P_EI], row[k.P_TAUM], row[k.P_DT] = p.e_rev_e_mv, p.e_rev_i_mv, p.tau_m_ms, dt
         row[k.P_RATEP] = p.rate_hz * dt * 1e-3
+        if p.model == "lif_alpha":
+            _alpha_propagators(row, p, dt)
         for cols, value, default in (((k.P_V0D, k.P_V0LO, k.P_V0HI), p.v_init_mv, p.v_rest_mv),
                                      ((k.P_GE0D, k.P_GE0LO, k.P_GE0HI), p.g_e_init, 0.0),
                                      ((k.P_GI0D, k.P_GI0LO, k.P_GI0HI), p.g_i_init, 0.0)):
@@ -114,7 +119,8 @@ def compile_network(spec: NetworkSpec) -> Layout:
             src.append((max(1, int(round(t_ms / dt))), offsets[i] + n))
     src.sort()
     projs = np.zeros((len(spec.projections), k.PROJ_COLS))
-    d_lo, d_hi, max_row = 127, 1, 1
+    d_lo, d_hi, max_row = 1 << 30, 1, 1
+    edges, n_edges = [], 0
     for r, pr in enumerate(spec.projections):
         for end in (pr.pre, pr.post):
             if end not in names:
@@ -136,15 +142,77 @@ def compile_network(spec: NetworkSpec) -> Layout:
         row[k.J_CH] = 1.0 if receptor == "inh" else 0.0
         row[k.J_AUTAPSES] = 1.0 if pr.autapses else 0.0
         row[k.J_SEED] = 1000 + r
-        lo, hi = _delay_range(pr.delay_ms, dt)
-        d_lo, d_hi = min(d_lo, lo), max(d_hi, hi)
         pre_n = int(row[k.J_PREN])
-        max_row = max(max_row, pr.indegree if pr.rule == "fixed_indegree" else pre_n if pr.rule != "one_to_one" else 1)
-    if not spec.projections:
+        if pr.rule == "explicit":
+            e = _explicit_edges(pr, int(row[k.J_PRELO]), pre_n, int(row[k.J_POSTLO]), int(row[k.J_POSTN]))
+            row[k.J_EXLO], row[k.J_EXN] = n_edges, e.shape[1]
+            edges.append(e)
+            n_edges += e.shape[1]
+            lo = hi = None
+            if e.shape[1]:
+                steps = np.maximum(1, np.rint(e[3] / dt)).astype(np.int64)
+                lo, hi = int(steps.min()), int(steps.max())
+                max_row = max(max_row, int(np.bincount(e[1].astype(np.int64) - int(row[k.J_POSTLO])).max()))
+        else:
+            lo, hi = _delay_range(pr.delay_ms, dt)
+            max_row = max(max_row, pr.indegree if pr.rule == "fixed_indegree" else pre_n
+                          if pr.rule != "one_to_one" else 1)
+        if lo is not None:
+            d_lo, d_hi = min(d_lo, lo), max(d_hi, hi)
+    if d_lo > d_hi:  # no synapses
         d_lo = d_hi = 1
+    if d_hi - d_lo > 127:
+        steps = [_delay_range(pr.delay_ms, dt) for pr in spec.projections if pr.rule != "explicit"]
+        raise ValueError(f"delays span {d_lo}-{d_hi} steps of {dt} ms; at most 127 steps beyond the shortest "
+                         f"are stored (ranges per projection: {steps})")
     src_arr = np.array(src, dtype=np.int64).reshape(-1, 2)
+    table = np.concatenate(edges, axis=1) if edges else np.zeros((4, 0))
     return Layout(names, offsets, pops, projs, src_arr[:, 0].copy(), src_arr[:, 1].copy(), dt, spec.seed,
-                  d_lo, d_hi, max_row)
+                  d_lo, d_hi, max_row, np.ascontiguousarray(table))
+
+
+def _alpha_propagators(row: np.ndarray, p, dt: float) -> None:
+    """Exact propagators of an alpha-shaped current onto v (Rotter & Diesmann 1999), as in
+    NEST's iaf_psc_alpha: I(t) = (I0 + dI0 t) exp(-t / tau_syn), C dv/dt = -(v - E_L) C / tau_m + I."""
+    b = 1.0 / p.tau_m_ms
+    for (c31, c32, cpsc), tau in (((k.P_P31E, k.P_P32E, k.P_PSCE), p.tau_syn_e_ms),
+                                  ((k.P_P31I, k.P_P32I, k.P_PSCI), p.tau_syn_i_ms)):
+        a = 1.0 / tau
+        ea, eb = math.exp(-a * dt), math.exp(-b * dt)
+        c = b - a
+        if abs(c) < 1e-9:  # tau_syn == tau_m: the limits of the expressions below
+            row[c32] = dt * eb / p.c_m_pf
+            row[c31] = dt * dt / 2.0 * eb / p.c_m_pf
+        else:
+            row[c32] = (ea - eb) / c / p.c_m_pf
+            row[c31] = (ea * (dt / c - 1.0 / c**2) + eb / c**2) / p.c_m_pf
+        row[cpsc] = math.e / tau
+    row[k.P_IE] = p.i_e_pa * p.tau_m_ms / p.c_m_pf * (1.0 - math.exp(-b * dt))
+
+
+def _explicit_edges(pr, pre_lo: int, pre_n: int, post_lo: int, post_n: int) -> np.ndarray:
+    """An explicit projection's edges as a (4, E) table in global indices, sorted by post (stable)."""
+    src = np.asarray(pr.sources, np.int64)
+    tgt = np.asarray(pr.targets, np.int64)
+    for name, idx, size, pop in (("sources", src, pre_n, pr.pre), ("targets", tgt, post_n, pr.post)):
+        bad = (idx < 0) | (idx >= size)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"projection {pr.pre}->{pr.post}: {name}[{i}] = {int(idx[i])} is outside "
+                             f"population '{pop}' (size {size})")
+    n = len(src)
+    w = np.asarray(pr.weights, float) if pr.weights is not None else np.full(n, _const(pr.weight, "weight", pr))
+    d = np.asarray(pr.delays_ms, float) if pr.delays_ms is not None else \
+        np.full(n, _const(pr.delay_ms, "delay_ms", pr))
+    order = np.argsort(tgt, kind="stable")
+    return np.stack([src[order] + pre_lo, tgt[order] + post_lo, w[order], d[order]]).astype(np.float64)
+
+
+def _const(value, name: str, pr) -> float:
+    if isinstance(value, Dist):
+        raise ValueError(f"projection {pr.pre}->{pr.post}: an explicit projection takes a constant {name} "
+                         f"or one per edge, not a distribution")
+    return float(value)
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:
@@ -164,11 +232,14 @@ class Partition:
         self.v = np.zeros(n)
         self.ge = np.zeros(n)
         self.gi = np.zeros(n)
+        self.de = np.zeros(n)  # lif_alpha: dI/dt of the excitatory and inhibitory currents
+        self.di = np.zeros(n)
         self.refr = np.zeros(n, np.int32)
         self.rng = np.zeros(n, np.uint64)
         k.init_neurons(layout.pops, self.pidx, lo, layout.seed, self.v, self.ge, self.gi, self.rng)
         self.indptr, self.tgt, self.w, self.dch = k.build_csr(
-            layout.projs, lo, hi, layout.n, layout.seed, layout.dt_ms, layout.max_row)
+            layout.projs, lo, hi, layout.n, layout.seed, layout.dt_ms, layout.max_row, layout.min_delay_steps,
+            layout.edges)
         ring = layout.max_delay_steps + self.window + 1
         self.buf = np.zeros((ring, 2, n))
         mine = (layout.src_neurons >= lo) & (layout.src_neurons < hi)
@@ -185,8 +256,9 @@ class Partition:
     def _compile(self) -> None:
         """Compile (or load from cache) the per-window kernels now, not inside the first window."""
         none = np.empty(0, np.int64)
-        k.deliver(none, none, self.indptr, self.tgt, self.w, self.dch, self.buf)
-        k.advance(self.layout.pops, self.pidx, self.lo, 0, 0, self.v, self.ge, self.gi, self.refr, self.rng,
+        k.deliver(none, none, self.indptr, self.tgt, self.w, self.dch, self.buf, self.window)
+        k.advance(self.layout.pops, self.pidx, self.lo, 0, 0, self.v, self.ge, self.gi, self.de, self.di, self.refr,
+                  self.rng,
                   self.buf, self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons,
                   self.fired)
 
@@ -201,14 +273,14 @@ class Partition:
     def step_window(self, steps: np.ndarray, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Deliver last window's spikes (global, sorted), advance one window, return own spikes."""
         if len(steps):
-            k.deliver(steps, neurons, self.indptr, self.tgt, self.w, self.dch, self.buf)
+            k.deliver(steps, neurons, self.indptr, self.tgt, self.w, self.dch, self.buf, self.window)
         c = k.advance(self.layout.pops, self.pidx, self.lo, self.step, self.window, self.v, self.ge, self.gi,
-                      self.refr, self.rng, self.buf, self.src_steps, self.src_neurons, self.src_ptr,
-                      self.out_steps, self.out_neurons, self.fired)
+                      self.de, self.di, self.refr, self.rng, self.buf, self.src_steps, self.src_neurons,
+                      self.src_ptr, self.out_steps, self.out_neurons, self.fired)
         self.step += self.window
         return self.out_steps[:c].copy(), self.out_neurons[:c].copy()
 
-    def run_on_board(self, n_windows: int, board, me: int, spin_us: float = 50.0,
+    def run_on_board(self, n_windows: int, board, me: int, spin_us: float = 200.0,
                      timeout_s: float = 120.0) -> np.ndarray:
         """`n_windows` windows exchanging spikes through a shared-memory `exchange.Board`.
 
@@ -226,8 +298,8 @@ class Partition:
         spin_cycles = int(spin_us * x.cycles_per_us())
         while left > 0:
             m = x.run_board(left, self.window, self.step, self.layout.pops, self.pidx, self.lo, self.v, self.ge,
-                            self.gi, self.refr, self.rng, self.buf, self.indptr, self.tgt, self.w, self.dch,
-                            self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons,
+                            self.gi, self.de, self.di, self.refr, self.rng, self.buf, self.indptr, self.tgt, self.w,
+                            self.dch, self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons,
                             self.fired, board.words, me, board.layout.slots, board.layout.sync, spin_cycles, max_sleeps,
                             chunk, done, waited)
             if m < 0:
@@ -243,8 +315,8 @@ class Partition:
         if self.lo != 0 or self.hi != self.layout.n or len(self.src_steps):
             raise ValueError("run_windows needs the whole network in one partition and no spike sources")
         out = k.run_windows(n_windows, self.window, self.step, self.layout.pops, self.pidx, self.lo, self.v,
-                            self.ge, self.gi, self.refr, self.rng, self.buf, self.indptr, self.tgt, self.w,
-                            self.dch, np.ascontiguousarray(steps, np.int64), np.ascontiguousarray(neurons, np.int64))
+                            self.ge, self.gi, self.de, self.di, self.refr, self.rng, self.buf, self.indptr, self.tgt,
+                            self.w, self.dch, self.window, np.ascontiguousarray(steps, np.int64), np.ascontiguousarray(neurons, np.int64))
         self.step += n_windows * self.window
         return out
 

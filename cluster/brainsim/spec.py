@@ -2,9 +2,10 @@
 
 A network is either written out (`populations`, `projections`) or named (`model:`) with a
 few options; built-in models expand to the same populations and projections. Units are in
-the field names: `_ms`, `_mv`, `_hz`. Weights are in mV for `lif_cuba` (a current jump in
-units of the leak resistance) and `lif_delta` (a membrane-potential jump), and in units
-of the leak conductance for `lif_coba`.
+the field names: `_ms`, `_mv`, `_hz`, `_pf`, `_pa`. Weights are in mV for `lif_cuba` (a
+current jump in units of the leak resistance) and `lif_delta` (a membrane-potential jump),
+in units of the leak conductance for `lif_coba`, and in pA for `lif_alpha` (NEST's
+iaf_psc_alpha: the peak of the alpha-shaped current, with capacitance `c_m_pf`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Population(_Spec):
 
     name: str
     size: int = Field(..., ge=1)
-    model: Literal["lif_cuba", "lif_coba", "lif_delta", "poisson", "spike_source"] = "lif_cuba"
+    model: Literal["lif_cuba", "lif_coba", "lif_delta", "lif_alpha", "poisson", "spike_source"] = "lif_cuba"
     tau_m_ms: float = Field(20.0, gt=0)
     v_rest_mv: float = -60.0
     v_thresh_mv: float = -50.0
@@ -49,6 +50,8 @@ class Population(_Spec):
     t_ref_ms: float = Field(5.0, ge=0)
     tau_syn_e_ms: float = Field(5.0, gt=0)
     tau_syn_i_ms: float = Field(10.0, gt=0)
+    c_m_pf: float = Field(250.0, gt=0, description="membrane capacitance (lif_alpha)")
+    i_e_pa: float = Field(0.0, description="constant input current (lif_alpha)")
     e_rev_e_mv: float = 0.0
     e_rev_i_mv: float = -80.0
     v_init_mv: tuple[float, float] | Dist | None = Field(
@@ -76,13 +79,29 @@ class Projection(_Spec):
 
     pre: str
     post: str
-    rule: Literal["fixed_probability", "fixed_indegree", "one_to_one"] = "fixed_probability"
+    rule: Literal["fixed_probability", "fixed_indegree", "one_to_one", "explicit"] = "fixed_probability"
     p: float = Field(0.1, ge=0, le=1, description="for fixed_probability")
     indegree: int = Field(0, ge=0, description="for fixed_indegree")
     weight: float | Dist = 1.0
     delay_ms: float | Dist = 1.5
     receptor: Literal["exc", "inh"] | None = Field(None, description="default: exc if weight >= 0")
     autapses: bool = True
+    sources: list[int] = Field(default_factory=list, description="explicit: pre index (within `pre`) per edge")
+    targets: list[int] = Field(default_factory=list, description="explicit: post index (within `post`) per edge")
+    weights: list[float] | None = Field(None, description="explicit: weight per edge (default `weight`)")
+    delays_ms: list[float] | None = Field(None, description="explicit: delay per edge (default `delay_ms`)")
+
+    @model_validator(mode="after")
+    def _edges(self):
+        n = len(self.sources)
+        if len(self.targets) != n:
+            raise ValueError(f"projection {self.pre}->{self.post}: sources and targets differ in length")
+        for name, vals in (("weights", self.weights), ("delays_ms", self.delays_ms)):
+            if vals is not None and len(vals) != n:
+                raise ValueError(f"projection {self.pre}->{self.post}: {name} has {len(vals)} values for {n} edges")
+        if n and self.rule != "explicit":
+            raise ValueError(f"projection {self.pre}->{self.post}: sources/targets need rule: explicit")
+        return self
 
 
 class NetworkSpec(_Spec):

@@ -94,8 +94,8 @@ def test_connection_rules_and_compact_storage():
     assert abs(b_to_a.sum() - expected) < 5 * np.sqrt(expected)
     one = (rows < 400) & (post < 400)
     np.testing.assert_array_equal(rows[one], post[one])
-    delays = part.dch[b_to_a] & 0x7F
-    assert delays.min() >= 1 and abs(delays.mean() - 15) < 1.0
+    delays = (part.dch[b_to_a] & 0x7F) + part.window  # stored as steps beyond the shortest delay
+    assert part.window == 1 and delays.min() >= 1 and abs(delays.mean() - 15) < 1.0
     assert part.synapse_bytes() / part.synapses <= 12.0
 
 

@@ -36,7 +36,7 @@ def naive(spec: NetworkSpec, sim: Simulation, v0: np.ndarray, n_steps: int) -> l
     ge, gi = np.zeros_like(v), np.zeros_like(v)
     refr = np.zeros(len(v), int)
     arrivals: dict = defaultdict(lambda: np.zeros((2, len(v))))
-    spikes = []
+    spikes = []  # a stored delay is steps beyond the shortest (part.window)
     for t in range(n_steps):
         inp = arrivals.pop(t + 1, np.zeros((2, len(v))))
         fired = []
@@ -65,7 +65,7 @@ def naive(spec: NetworkSpec, sim: Simulation, v0: np.ndarray, n_steps: int) -> l
             spikes.append((t + 1, j))
             for s in range(part.indptr[j], part.indptr[j + 1]):
                 code = int(part.dch[s])
-                arrivals[t + 1 + (code & 0x7F)][code >> 7, part.tgt[s]] += float(part.w[s])
+                arrivals[t + 1 + part.window + (code & 0x7F)][code >> 7, part.tgt[s]] += float(part.w[s])
     return spikes
 
 
