@@ -78,7 +78,7 @@ class Simulation:
     BACKENDS = ("inline", "threads", "ray")
 
     def __init__(self, spec: NetworkSpec, actors: int = 1, backend: str = "inline", address: str | None = None,
-                 spin_us: float = 50.0, timeout_s: float = 120.0):
+                 spin_us: float = 200.0, timeout_s: float = 120.0):
         if actors < 1:
             raise ValueError(f"actors={actors} must be at least 1")
         if backend not in self.BACKENDS:
