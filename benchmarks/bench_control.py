@@ -85,8 +85,26 @@ def torch_step_fn(model: SNNModel):
     return step
 
 
+def check_torch_port(model: SNNModel, steps: int = 500, tol: float = 1e-9) -> dict:
+    """The torch port and our kernel, from zero state, on the same random inputs: the same
+    commands, or SystemExit before anything is timed (a faster wrong port proves nothing)."""
+    from operators.control.snn import new_state, snn_step
+
+    inputs = np.random.default_rng(0).normal(0.0, 0.5, (steps, 2))
+    state = new_state(model)
+    ours = np.array([snn_step(x, xd, *model.arrays(), model.substeps, *state) for x, xd in inputs])
+    step = torch_step_fn(model)
+    port = np.array([step(x, xd) for x, xd in inputs])
+    diff = float(np.abs(ours - port).max())
+    if not diff <= tol or not np.any(ours != 0):
+        raise SystemExit(f"bench_control: the torch port and the kernel differ (largest |du| {diff:g} over "
+                         f"{steps} steps, allowed {tol:g}), so nothing was timed")
+    return {"steps": steps, "max_abs_diff": diff, "tolerance": tol}
+
+
 def bench_latency(n: int) -> dict:
     model = SNNModel.load()
+    checked = check_torch_port(model)
     pid, snn = PID(), SNNController(model)
     # two interleaved pairs: a ~2 ms torch call between two microsecond calls slows them
     # several-fold (caches), so each ratio is taken within its own pair
@@ -99,6 +117,7 @@ def bench_latency(n: int) -> dict:
     except ImportError:  # pragma: no cover
         pass
     out["substeps"] = model.substeps
+    out["torch_port_checked"] = checked
     try:
         import edge.devices  # noqa: F401  (the emulator backend, if another package ships it)
 
@@ -166,8 +185,10 @@ def bench_evolution(generations: int, popsize: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "control.json"))
+    ap.add_argument("--out", default=None, help="default results/control.json (control_quick.json with --quick)")
     args = ap.parse_args()
+    if args.out is None:  # a quick run never overwrites the full figures
+        args.out = str(Path(__file__).parent / "results" / ("control_quick.json" if args.quick else "control.json"))
     q = args.quick
     result = {
         "machine": {"python": platform.python_version(), "cpus_note": "shared 2-core dev box unless stated"},
