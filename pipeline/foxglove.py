@@ -233,6 +233,7 @@ class FoxgloveTapParams(Params):
     endpoint: str = Field(..., description="the driver's ZeroMQ PULL endpoint (tcp://127.0.0.1:PORT)")
     streams: list[str] = Field(..., min_length=1, description="streams shown, as node.port")
     max_hz: float = Field(30.0, gt=0, le=1000, description="at most this many messages per stream per second")
+    names: dict[str, str] = Field(default_factory=dict, description="stream -> the name it is shown under")
     queue: int = Field(64, ge=1, description="messages the socket holds for the driver before it drops")
 
 
@@ -251,7 +252,8 @@ class FoxgloveTap(Operator):
         super().__init__(params, node)
         self.inputs = {s.replace(".", "__"): "any" for s in self.params.streams}
         self._stream_of = {s.replace(".", "__"): s for s in self.params.streams}
-        self._heads = {p: json.dumps({"stream": st, "topic": topic_of(st)}).encode() for p, st in self._stream_of.items()}
+        shown = {p: self.params.names.get(st, st) for p, st in self._stream_of.items()}
+        self._heads = {p: json.dumps({"stream": shown[p], "topic": topic_of(shown[p])}).encode() for p in shown}
         self._kinds: dict[str, str] = {}
         self._announced: set[str] = set()
         self._next: dict[str, float] = {}
@@ -351,11 +353,12 @@ class LiveViewer:
     keeps `backlog` messages per client and drops the oldest (counted by foxglove-sdk).
     """
 
-    def __init__(self, address: str, max_hz: float = 30.0, streams: list[str] | None = None, backlog: int = 256):
+    def __init__(self, address: str, max_hz: float = 30.0, streams: list[str] | None = None, backlog: int = 256,
+                 names: dict[str, str] | None = None):
         import zmq
 
         self.host, self.port = parse_address(address)
-        self.max_hz, self.streams, self.backlog = max_hz, streams, backlog
+        self.max_hz, self.streams, self.backlog, self.names = max_hz, streams, backlog, names or {}
         self._ctx = zmq.Context.instance()
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, 256)
@@ -379,7 +382,7 @@ class LiveViewer:
         if not streams:
             raise ConfigError([Problem(None, "--foxglove", "the graph has no streams to show")])
         graph.add("__foxglove__", "foxglove_tap", inputs={s.replace(".", "__"): s for s in streams},
-                  endpoint=self.endpoint, streams=streams, max_hz=self.max_hz)
+                  endpoint=self.endpoint, streams=streams, max_hz=self.max_hz, names=self.names)
 
     def start(self) -> None:
         import foxglove

@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.PARAM=VALUE")
     p.add_argument("--json", dest="json_out", metavar="PATH", help="write the run summary and diff here")
     p.add_argument("--strict", action="store_true", help="refuse a recording that is not complete and undamaged")
+    p.add_argument("--foxglove", metavar="HOST:PORT", help="serve the replay to Foxglove/Lichtblick (with --pacing realtime)")
     p.set_defaults(func=cmd_replay)
 
     e = subparsers.add_parser("export", help="export a recording's streams to MCAP (Foxglove), Parquet or AEDAT4")
@@ -208,6 +209,7 @@ def cmd_replay(args) -> int:
         args.recording, args.through, executor=_executor(args), pacing=args.pacing, speed=args.speed,
         start_s=args.start_s, loop=args.loop, streams=streams, record=args.record, shadow=args.shadow,
         golden=args.golden, tolerance=args.tolerance, overrides=args.overrides, strict=args.strict,
+        foxglove=args.foxglove,
     )
     notes, result, report = out["notes"], out["run"], out["diff"]
     for why in notes.get("input_problems", []):
@@ -221,6 +223,8 @@ def cmd_replay(args) -> int:
     Console().print(table(result.metrics, title=f"replay of {args.recording} ({result.executor}, {result.wall_s:.2f} s)"))
     if out["recorded"]:
         console.print(f"recorded into {out['recorded']}")
+    if notes.get("foxglove"):
+        print(notes["foxglove"], file=sys.stderr)
     if args.json_out:
         with open(args.json_out, "w") as fh:
             json.dump({"run": result.summary(), "diff": report, "notes": notes}, fh, indent=2, default=str)

@@ -304,13 +304,15 @@ def replay(
     tolerance: float = 0.0,
     overrides: list[str] | tuple[str, ...] = (),
     strict: bool = False,
+    foxglove: str | None = None,
 ) -> dict:
     """Replay a recording (through a config, or into counting sinks) and diff it if asked.
 
     A missing or unreadable `golden` is bad input (ConfigError, exit 2), checked before
     anything runs. With `strict`, a recording that is not complete and undamaged (a failed
     run, a killed recorder, a cut-off file) is refused (DataError) instead of replayed up
-    to its last whole batch.
+    to its last whole batch. `foxglove` ("HOST:PORT") serves the replayed run to Foxglove or
+    Lichtblick as `reflexarc run --foxglove` does (`notes["foxglove"]` says what was served).
     Returns {"run": RunResult, "notes": ..., "recorded": path | None, "diff": report | None}.
     """
     from pipeline.run import run
@@ -348,6 +350,18 @@ def replay(
     tapped = streams_to_record(graph) if out is not None else []
     if out is not None and tapped:
         graph.tap(tapped, out)
+    viewer = None
+    if foxglove:
+        from pipeline.foxglove import LiveViewer
+
+        # without a config the replay source's ports are `camera__out`: show them as recorded
+        names = {} if config is not None else {
+            f"replay.{port}": stream for port, stream in graph.nodes["replay"].op.ports.items()}
+        viewer = LiveViewer(foxglove, names=names)
+        viewer.tap(graph)
+        viewer.start()
+        log.warning("Foxglove: open ws://%s in Foxglove or Lichtblick (Open connection -> Foxglove WebSocket)",
+                    viewer.address)
     try:
         try:
             result = run(graph, executor=executor)
@@ -355,6 +369,11 @@ def replay(
             if out is not None and tapped:
                 mark_failed(out, exc)
             raise
+        finally:
+            if viewer is not None:
+                viewer.stop()
+        if viewer is not None:
+            notes["foxglove"] = viewer.summary_line(result.results)
         report = None
         if golden is not None:
             ignore = [s for streams_ in notes["replayed"].values() for s in streams_]

@@ -136,3 +136,36 @@ def test_images_of_every_layout_become_raw_images():
     # two ON events at one pixel saturate white, one OFF darkens another, the rest stays grey
     ev = render_events(np.array([1, 1, 0], np.uint16), np.array([0, 0, 1], np.uint16), np.array([1, 1, 0], bool), 2, 2)
     np.testing.assert_array_equal(ev, [[128, 255], [64, 128]])
+
+
+def test_a_replay_can_be_watched_live(tmp_path):
+    import socket
+
+    from pipeline.replay import replay
+
+    g = _graph(seconds=4.0)  # recorded at once, replayed in 4 s of real time
+    for n in ("cam", "eeg"):
+        g.replace(n, "synthetic", {**g.nodes[n].op.params.model_dump(exclude_unset=True), "pacing": "max"})
+    g.tap(["cam.out", "eeg.out"], tmp_path / "rec")
+    run(g)
+    with socket.socket() as s:  # a free port for the viewer (replay() serves on the one it is given)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outcome: dict = {}
+
+    def replaying():
+        try:
+            outcome["out"] = replay(tmp_path / "rec", pacing="realtime", foxglove=f"127.0.0.1:{port}")
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=replaying, daemon=True)
+    runner.start()
+    time.sleep(0.5)
+    try:
+        got = _watch(f"127.0.0.1:{port}", {"/cam/out", "/eeg/out"}, deadline_s=30)
+    except Exception as exc:
+        raise AssertionError(f"{exc}; the replay: {outcome}") from None
+    runner.join(60)
+    assert {"/cam/out", "/eeg/out"} <= set(got), outcome.get("error")  # shown under the recorded names
+    assert "messages on 2 channels" in outcome["out"]["notes"]["foxglove"]
