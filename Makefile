@@ -31,7 +31,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py --quick   # quick runs write *_quick.json; --full replaces the figures
 
 clean:
 	rm -rf $(VENV) *.egg-info
