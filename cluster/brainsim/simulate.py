@@ -20,7 +20,9 @@ def load_config(path: str | Path, overrides=()) -> tuple[NetworkSpec, dict]:
     """The network and the `brainsim` node's other params from a config file.
 
     A config is a pipeline whose source node has `op: brainsim` (so `reflexarc run` runs it
-    too), or a bare mapping with a `network:` key. `overrides` are `key=value` strings for
+    too), a bare mapping with a `network:` key, or a SONATA simulation or circuit config
+    (`.json`; its `run.tstop` is the duration). A `network: {sonata: PATH}` is read
+    relative to the config's folder. `overrides` are `key=value` strings for
     keys under the node's params (`network.scale=0.5`, `duration_s=2`; a leading
     `NODE.` or `NODE.params.` is accepted too), values read as YAML scalars. The params
     are checked as the source's `BrainsimParams`: a wrong key or value is a ConfigError
@@ -29,8 +31,18 @@ def load_config(path: str | Path, overrides=()) -> tuple[NetworkSpec, dict]:
     from pipeline.graph import read_yaml
 
     path = Path(path)
-    doc = read_yaml(path)
     params, node = None, None
+    if path.suffix == ".json":  # a SONATA simulation or circuit config
+        from cluster.brainsim import sonata
+
+        circuit = sonata.read(path)
+        params = {"network": {"sonata": str(path.resolve())}}
+        if circuit.duration_s:
+            params["duration_s"] = circuit.duration_s
+        for item in overrides or ():
+            set_key(params, item, None)
+        return checked(params, str(path))
+    doc = read_yaml(path)
     if isinstance(doc, dict) and isinstance(doc.get("nodes"), dict):
         for name, spec in doc["nodes"].items():
             if isinstance(spec, dict) and spec.get("op") == "brainsim":
@@ -44,6 +56,9 @@ def load_config(path: str | Path, overrides=()) -> tuple[NetworkSpec, dict]:
         raise ConfigError(f"{path}: expected a pipeline with a brainsim node or a `network:` mapping")
     for item in overrides or ():
         set_key(params, item, node)
+    net = params.get("network")
+    if isinstance(net, dict) and isinstance(net.get("sonata"), str) and not Path(net["sonata"]).is_absolute():
+        params["network"] = {**net, "sonata": str((path.parent / net["sonata"]).resolve())}
     return checked(params, str(path))
 
 

@@ -109,6 +109,8 @@ class NetworkSpec(_Spec):
 
     model: Literal["custom", "brunel2000", "vogels_abbott_cuba", "vogels_abbott_coba",
                    "potjans_diesmann_2014"] = "custom"
+    sonata: str | None = Field(None, description="a SONATA simulation or circuit config (JSON) to read the "
+                                                 "populations and projections from")
     options: dict = Field(default_factory=dict, description="options of a built-in model")
     scale: float = Field(1.0, gt=0, description="multiplies population sizes of built-in models")
     dt_ms: float = Field(0.1, gt=0)
@@ -118,6 +120,11 @@ class NetworkSpec(_Spec):
 
     def expanded(self) -> NetworkSpec:
         """This network with a built-in model turned into populations and projections."""
+        if self.sonata is not None:
+            from cluster.brainsim import sonata
+
+            dt = self.dt_ms if "dt_ms" in self.model_fields_set else None
+            return sonata.read(self.sonata, dt_ms=dt, seed=self.seed).spec
         if self.model == "custom":
             return self
         from cluster.brainsim import models
