@@ -421,6 +421,7 @@ class Link:
         self.rows: list[dict] = []
         self.refused_logged = False
         self.retry_at: float | None = None
+        self.due = now  # the next time `tick` has something to do (for owners of many links)
 
     def finish(self, now: float) -> None:
         self.done_at = now
@@ -458,8 +459,11 @@ class Link:
                     wire.send(self.sock, b"hello", self.hello(), flags=zmq.NOBLOCK)
             except zmq.Again:
                 pass
+        self.due = min(self.next_tel, self.next_hb, self.retry_at or self.next_hb)
         if not self.welcomed:
             return
+        if len(spool) and self.send_from > spool.acked + 1:
+            self.due = min(self.due, self.last_progress + self.resend_wait)
         if len(spool) and now - self.last_progress > self.resend_wait and self.send_from > spool.acked + 1:
             self.send_from = spool.acked + 1  # go back N: the manager may have lost them
             self.stats["resent"] += 1
@@ -474,6 +478,10 @@ class Link:
                 wire.send(self.sock, b"tel", {"seq": seq}, extra=[payload], flags=zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if seq == spool.acked + 1:
+                # nothing was in flight: the resend clock starts now, not at the last ack (a robot
+                # sending once a second had resent every message its ack took >1 s - idle - to come)
+                self.last_progress = now
             self.send_from = seq + 1
             self.sent_max = max(self.sent_max, seq)
             self.stats["sent"] += 1

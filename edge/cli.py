@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--deadline-ms", type=float, default=250.0, help="watchdog deadline per wave")
     p.add_argument("--work-dir", default=None, help="spool and received models (default .reflexarc/agent-NAME)")
     p.add_argument("--exit-when-done", action="store_true", help="exit when the pipeline ends")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override a parameter")
     p.add_argument("--telemetry-rows", type=int, default=1, help="telemetry rows per message (batch at high rates)")
     p.add_argument("--mem-kb", type=int, default=4096, help="telemetry kept in memory before spilling to disk")
     p.set_defaults(func=cmd_edge_run)
@@ -38,6 +39,25 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_keys_add)
 
 
+def config_with(path: str, overrides=(), check: bool = True) -> dict:
+    """A pipeline config read from `path` with `--set node.param=value` overrides applied and,
+    with `check`, validated here (ConfigError, exit 2, lists every problem) before it travels."""
+    from pipeline.errors import ConfigError, Problem
+    from pipeline.graph import Graph, apply_overrides, read_yaml
+
+    data = read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), dict):
+        what = "empty" if data is None else "not a pipeline (no 'nodes' mapping)"
+        raise ConfigError(f"config is {what}: expected name and nodes", path)
+    problems: list[Problem] = []
+    apply_overrides(data, overrides, problems)
+    if problems:
+        raise ConfigError(problems, path)
+    if check:
+        Graph.from_dict(data, source=path).check()
+    return data
+
+
 def cmd_edge_run(args) -> int:
     from edge.agent import Agent, AgentOptions
 
@@ -45,7 +65,8 @@ def cmd_edge_run(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     agent = Agent(AgentOptions(
         name=args.name, manager=args.manager, keys=args.keys,
-        tags=[t for t in args.tags.split(",") if t], config=None if args.config == "none" else args.config,
+        tags=[t for t in args.tags.split(",") if t],
+        config=None if args.config == "none" else config_with(args.config, args.set) if args.set else args.config,
         telemetry_hz=args.telemetry_hz, telemetry_rows=max(1, args.telemetry_rows), deadline_ms=args.deadline_ms, work_dir=args.work_dir,
         exit_when_done=args.exit_when_done, mem_bytes=args.mem_kb * 1024,
     ))

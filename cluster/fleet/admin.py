@@ -11,6 +11,8 @@ from edge import keys as K
 from edge import wire
 from pipeline.errors import LinkError
 
+REPLY_HEADER = 256 << 20  # a status reply lists every robot: larger than a robot's messages may be
+
 
 def request(manager: str, keys: str, op: str, data: bytes | None = None, timeout_s: float = 5.0,
             identity: str = "admin", **head) -> dict:
@@ -23,7 +25,7 @@ def request(manager: str, keys: str, op: str, data: bytes | None = None, timeout
         if not sock.poll(int(timeout_s * 1000)):
             raise LinkError(f"no answer from the fleet manager at {manager} within {timeout_s:.0f} s "
                             f"(is it running, and is '{identity}' an authorized key?)")
-        kind, reply, _ = wire.parse(sock.recv_multipart())
+        kind, reply, _ = wire.parse(sock.recv_multipart(), max_header=REPLY_HEADER)
         return reply
     finally:
         sock.close(linger=0)

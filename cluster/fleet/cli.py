@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("config")
     p.add_argument("--to", default="all", help="NAME[,NAME], tag:TAG or all")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override a parameter")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("rollout", help="send a new model version to a fraction of the robots (or canary it)")
@@ -140,19 +141,10 @@ def cmd_status(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    import yaml
-
     from cluster.fleet.admin import request
-    from pipeline.graph import Graph
+    from edge.cli import config_with
 
-    try:
-        config = yaml.safe_load(Path(args.config).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config '{args.config}': {exc}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"config '{args.config}' is {'empty' if config is None else 'not a mapping'}: "
-                          "expected name and nodes")
-    Graph.from_dict(config, source=args.config).check()  # ConfigError (exit 2) lists every problem
+    config = config_with(args.config, args.set)  # checked here first: ConfigError (exit 2) lists every problem
     reply = request(args.manager, args.keys, "deploy", config=config, target=args.to)
     if not reply.get("ok"):
         print(f"error: {reply.get('error')}")

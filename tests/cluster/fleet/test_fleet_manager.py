@@ -72,7 +72,7 @@ def test_deploy_rollout_promote_rollback_and_ordered_telemetry(tmp_path, keys, m
         v3["w_out"] = (np.asarray(v3["w_out"]) * 1.01).tolist()
         request(**admin, op="rollout", data=json.dumps(v3).encode(), version="v3", file="blimp.json", fraction=0.5)
         assert request(**admin, op="promote")["agents"] == ["r1", "r2"]
-        helpers.wait_for(lambda: r1.model_version == "v3", what="promotion to r1")
+        helpers.wait_for(lambda: r1.model_version == "v3" and r2.pending_model is not None, what="promotion to all")
         assert r2.model_version == "initial" and r2.pending_model["version"] == "v3"  # r2 runs no pipeline yet
         request(**admin, op="deploy", config=PIPELINE, target="r2")
         helpers.wait_for(lambda: r2.model_version == "v3", what="r2 to take v3 when its pipeline starts")
