@@ -153,3 +153,20 @@ def test_cycle_error_names_only_the_nodes_on_the_cycle(tmp_path, capsys):
 def test_validate_of_a_brainsim_config(name, capsys):
     rc, text = _validate(CONFIGS / f"{name}.yaml", capsys)
     assert rc == 0 and "ok:" in text, text
+
+
+def test_a_sensor_the_model_does_not_fit_names_the_operators_that_would(tmp_path, capsys):
+    # a 128x128 camera in front of the 64x64 gesture model
+    sets = [f"source.path={tmp_path / 'big.aedat4'}", "source.synth_gestures=1",
+            "source.synth_width=128", "source.synth_height=128"]
+    rc = cli_main(["validate", str(CONFIGS / "dvs_gesture.yaml"), *[a for s in sets for a in ("--set", s)]])
+    err = capsys.readouterr().err
+    assert rc == 2 and "expects frames of shape (2, 64, 64)" in err and "`downsample` (factor: 2)" in err, err
+    # and with that operator in place the same config validates
+    from pipeline.graph import read_yaml
+
+    cfg = read_yaml(CONFIGS / "dvs_gesture.yaml")
+    cfg["nodes"]["shrink"] = {"op": "downsample", "inputs": {"in": "denoise.out"}, "params": {"factor": 2}}
+    cfg["nodes"]["frames"]["inputs"] = {"in": "shrink.out"}
+    graph = Graph.from_dict(cfg, overrides=sets)
+    assert graph.schemas[("frames", "out")] is not None

@@ -33,6 +33,24 @@ DEFAULT_MODEL = Path(__file__).parent / "models" / "gesture.nir"
 QUIET_STEPS = 2  # frames below onset that end a sample
 
 
+def fit_hint(got: tuple, want: tuple) -> str:
+    """Which event operators, put before `to_frames`, turn (C, H, W) frames of `got` into `want`."""
+    if len(got) != 3 or len(want) != 3 or got[0] != want[0]:
+        return ""
+    (_, h, w), (_, wh, ww) = got, want
+    k = min(h // wh, w // ww)
+    if k < 1:
+        return (f"; the sensor ({w}x{h}) is smaller than the model's input ({ww}x{wh}): train a model for it "
+                "(`reflexarc train`)")
+    steps = []
+    if (h, w) != (wh * k, ww * k):
+        x, y = (w - ww * k) // 2, (h - wh * k) // 2
+        steps.append(f"`roi_crop` (x: {x}, y: {y}, width: {ww * k}, height: {wh * k})")
+    if k > 1:
+        steps.append(f"`downsample` (factor: {k})")
+    return f"; {' then '.join(steps)} between the event source and `to_frames` would fit it"
+
+
 class SnnParams(Params):
     model: str | None = Field(None, description="NIR file; default: the shipped gesture model")
     device: str = Field("torch-cpu", description="device backend (edge.devices)")
@@ -89,7 +107,7 @@ class Snn(Operator):
         if shape != net.input_shape:
             raise SchemaError(
                 f"model '{model_path(self.params)}' expects frames of shape {net.input_shape} but the upstream "
-                f"port sends {shape}")
+                f"port sends {shape}{fit_hint(shape, tuple(net.input_shape))}")
         if len(net.output_shape) != 1:
             raise SchemaError(f"model '{model_path(self.params)}' outputs shape {net.output_shape}; "
                               "class scores need a 1-D output")
