@@ -74,3 +74,15 @@ def test_tables_are_full_width_when_piped():
                          cwd=ROOT, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
     assert "…" not in out  # rich cut cells to fit 80 columns before
     assert max(len(line) for line in out.splitlines()) > 120
+
+
+def test_ray_log_lines_are_hidden_unless_verbose():
+    # ray.init sets its logger to ray_constants.LOGGER_LEVEL, read from RAY_LOGGER_LEVEL when
+    # Ray is first imported: the CLI sets it before any command imports Ray
+    code = (f"import os\nos.environ.pop('RAY_LOGGER_LEVEL', None)\nfrom pipeline.cli import main\n"
+            f"main(ARGS + ['validate', {str(ROOT / 'configs' / 'demo.yaml')!r}])\n"
+            "from ray._private import ray_constants\nprint('LEVEL', ray_constants.LOGGER_LEVEL)")
+    for args, level in (([], "error"), (["--verbose"], "info")):
+        out = subprocess.run([sys.executable, "-c", code.replace("ARGS", repr(args))], capture_output=True,
+                             text=True, cwd=ROOT, check=True).stdout
+        assert f"LEVEL {level}" in out, out
