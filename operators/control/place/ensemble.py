@@ -142,6 +142,24 @@ class _Worker:
             out.append((places[idx], val, s.min(axis=1)))
         return out
 
+    def spiking(self) -> bool:
+        return bool(self.modules) and all(m.params.query == "spiking" for m in self.modules)
+
+    def best_net_drive(self, imgs) -> np.ndarray:
+        """Per image, the largest per-step drive of any labelled neuron under the spiking query's input."""
+        out = np.full(len(imgs), -np.inf)
+        for m in self.modules:
+            lab = m.labels >= 0
+            if lab.any():
+                out = np.maximum(out, m.net_drive(imgs)[:, lab].max(axis=1))
+        return out
+
+    def set_params(self, changes: dict) -> int:
+        """Replace module parameters (e.g. the spiking threshold or steps) in every module."""
+        self.modules = [replace(m, params=replace(m.params, **changes)) for m in self.modules]
+        self._stacked = {}
+        return len(self.modules)
+
     def set_cut(self, cut: int) -> int:
         for m in self.modules:
             m.max_breadth = cut
@@ -243,6 +261,8 @@ class Ensemble:
         i.e. cost confidence); ties keep more neurons. Returns the cut.
         """
         top = max(self._call("set_cut", 10**9))
+        if all(self._call("spiking")):
+            self.calibrate_threshold(calibration)
         cuts = list(range(max(top, 1), 0, -1))
         parts = self._call("cut_tops", np.asarray(calibration, np.float32), cuts)
         truth = np.asarray(calibration_places)
@@ -261,6 +281,21 @@ class Ensemble:
         self._call("set_cut", best_cut)
         self.cut = best_cut
         return best_cut
+
+    def calibrate_threshold(self, calibration) -> float:
+        """The spiking query's IF threshold, one for every module so that spike counts compare:
+        `spike_threshold_factor` x the median over calibration frames of the best labelled
+        neuron's per-step drive (so that neuron fires about every step; the rest rarely or
+        never). Kept when already set (> 0)."""
+        p = self.modules()[0].params
+        if p.spike_threshold > 0:
+            return p.spike_threshold
+        best = np.max(self._call("best_net_drive", np.asarray(calibration, np.float32)), axis=0)
+        theta = float(p.spike_threshold_factor * np.median(best))
+        if not np.isfinite(theta) or theta <= 0:
+            raise ValueError(f"spiking query: calibration gives no positive threshold ({theta})")
+        self._call("set_params", {"spike_threshold": theta})
+        return theta
 
     def places(self) -> np.ndarray:
         if self._order is None:
@@ -316,9 +351,10 @@ class Ensemble:
         """The k best places per image and their scores, best first."""
         return topk(self.scores(imgs, removal), k)
 
-    def requeried(self, query: str, calibration, calibration_places) -> Ensemble:
-        """The same trained modules with another query mode, hyperactivity cut recalibrated for it."""
-        ens = Ensemble.of([replace(m, params=replace(m.params, query=query)) for m in self.modules()])
+    def requeried(self, query: str, calibration, calibration_places, **changes) -> Ensemble:
+        """The same trained modules with another query mode (and other parameters, e.g.
+        `spike_steps`), hyperactivity cut (and spiking threshold, unless given) recalibrated."""
+        ens = Ensemble.of([replace(m, params=replace(m.params, query=query, **changes)) for m in self.modules()])
         ens.calibrate(calibration, calibration_places)
         return ens
 

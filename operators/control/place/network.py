@@ -9,10 +9,13 @@ each spike so that every neuron gets a share of the places. Neurons are labelled
 reference place they respond to most; "hyperactive" neurons, which fire for more than a
 calibrated number of reference places, are removed before deployment.
 
-Queries are rate coded by default: a neuron's response is its expected steady-state membrane
-drive under the Poisson input, `drive_mv * (image . w)`, which is deterministic and, stacked
-over every module, one matrix product per query batch (see `ensemble.Stacked`). The spiking
-run (`query="spiking"`) remains for fidelity checks. Training also shows each reference
+Queries are rate coded by default (not spiking): a neuron's response is its expected
+steady-state membrane drive under the Poisson input, `drive_mv * (image . w)`, which is
+deterministic and, stacked over every module, one matrix product per query batch (see
+`ensemble.Stacked`). The spiking query (`query="spiking"`) is what a neuromorphic chip would
+run: regular input spike trains for `spike_steps` steps drive the same neurons as
+integrate-and-fire units (offset-free weights, one calibrated threshold for all modules), and
+a place's score is read from output spikes only (`spike_score`). Training also shows each reference
 shifted by `jitter_px` pixels, so that weights tolerate small viewpoint changes.
 
 The kernels are Numba functions over NumPy arrays; `run_naive` is their slow plain-Python twin.
@@ -20,7 +23,7 @@ The kernels are Numba functions over NumPy arrays; `run_naive` is their slow pla
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numba import njit
@@ -46,10 +49,14 @@ class ModuleParams:
     weight_sum: float = 78.0    # per neuron, as in Diehl & Cook
     epochs: int = 8
     jitter_px: int = 1          # also train on the references shifted by this many pixels (4 copies; 0 = off)
-    query: str = "rate"         # "rate": expected membrane drive (one matrix product); "spiking": Poisson run
+    query: str = "rate"         # "rate": expected membrane drive (one matrix product); "spiking": IF run
     readout: str = "max"        # a place's best neuron (Hussaini et al.) or the "mean" of its neurons
-    query_steps: int = 700      # spiking queries: longer, less inhibited presentations give graded responses
+    query_steps: int = 700      # labelling run (Poisson, D&C network): long, less inhibited presentations
     query_inhibition_mv: float = 3.0
+    spike_steps: int = 32       # spiking queries: simulated steps per query
+    spike_rate: float = 1.0     # spiking queries: input spikes per step of a white pixel (regular trains)
+    spike_threshold: float = 0.0  # spiking queries: IF threshold; 0 = not calibrated yet (`Ensemble.calibrate`)
+    spike_threshold_factor: float = 1.0  # calibrated threshold = this x the median best neuron's drive per step
 
     @property
     def drive_mv(self) -> float:
@@ -184,6 +191,61 @@ def jitter(imgs: np.ndarray, px: int) -> np.ndarray:
     return np.concatenate([pad[:, r:r + h, c:c + w] for r, c in views])
 
 
+def input_spikes(imgs: np.ndarray, steps: int, rate: float) -> np.ndarray:
+    """Regular (deterministic) rate-coded input: (steps, n_images, n_pixels) uint8 spikes.
+
+    Pixel value x in [0, 1] spikes at x * rate spikes per step, at the steps where
+    floor(x * rate * t + 1/2) steps up (half a period before its first spike): the count
+    over any window is within one of x * rate * steps. No Poisson noise, so a query's
+    answer depends only on the image and the number of steps.
+    """
+    x = np.clip(np.asarray(imgs, np.float64).reshape(len(imgs), -1), 0.0, 1.0) * min(rate, 1.0)
+    t = np.arange(steps + 1, dtype=np.float64)[:, None, None]
+    return np.diff(np.floor(x[None] * t + 0.5), axis=0).astype(np.uint8)
+
+
+def spiking_weights(w: np.ndarray) -> np.ndarray:
+    """A module's weights for the spiking query: each neuron's mean weight subtracted.
+
+    STDP normalises every neuron's weights to the same sum and patch normalisation gives
+    every image nearly the same pixel sum, so w_j . x carries a large offset common to all
+    neurons; removing it (on a chip: signed weights, or a bias) leaves the part that tells
+    places apart, and the ranking of drives is that of the rate-coded readout.
+    """
+    return (w - w.mean(axis=0, keepdims=True)).astype(np.float32)
+
+
+def if_run(spikes: np.ndarray, w: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Integrate-and-fire neurons (no leak, reset to zero, fire when v > threshold) driven by
+    input spikes (steps, n_images, n_pixels) through w (n_pixels, n_neurons).
+
+    Returns spike counts and first-spike steps (1-based; steps + 1 = never), each
+    (n_images, n_neurons) int32. `edge.devices.emulator` runs the same network as an
+    `operators.snn` IF layer (`operators.control.place.chip`), with the chip's int8 weights.
+    """
+    steps, n_img = spikes.shape[:2]
+    v = np.zeros((n_img, w.shape[1]), np.float32)
+    count = np.zeros(v.shape, np.int32)
+    first = np.full(v.shape, steps + 1, np.int32)
+    for t in range(steps):
+        v += spikes[t].astype(np.float32) @ w
+        fire = v > threshold
+        count += fire
+        np.minimum(first, np.where(fire, t + 1, steps + 1), out=first)
+        v[fire] = 0.0
+    return count, first
+
+
+def spike_score(count: np.ndarray, first: np.ndarray, steps: int) -> np.ndarray:
+    """A neuron's spiking response: its spike count, ties broken by the earlier first spike.
+
+    Both are read from output spikes alone (a counter and a latch of the step of the first
+    spike per neuron); the fraction (steps + 1 - first) / (steps + 2) is below one, so it
+    only orders equal counts.
+    """
+    return count + (steps + 1 - first.astype(np.float64)) / (steps + 2)
+
+
 def run_naive(img, w, theta, p: ModuleParams, rng_uniform: np.ndarray) -> np.ndarray:
     """Slow twin of `present` without learning, for tests: uniforms (steps, n_in) given."""
     n_in, n = w.shape
@@ -244,6 +306,18 @@ class Module:
         m.ref_peak = np.maximum(counts.max(axis=0), 1.0)
         return m
 
+    def spikes(self, imgs) -> tuple[np.ndarray, np.ndarray]:
+        """The spiking query: spike counts and first-spike steps of every neuron (`if_run`)."""
+        p = self.params
+        if p.spike_threshold <= 0:
+            raise ValueError("spiking query: spike_threshold is not calibrated (Ensemble.calibrate sets it)")
+        return if_run(input_spikes(imgs, p.spike_steps, p.spike_rate), spiking_weights(self.w), p.spike_threshold)
+
+    def net_drive(self, imgs) -> np.ndarray:
+        """Per-step drive of each neuron under the spiking query's input, offset removed."""
+        x = np.clip(np.asarray(imgs, np.float64).reshape(len(imgs), -1), 0, 1) * min(self.params.spike_rate, 1.0)
+        return x @ spiking_weights(self.w)
+
     def counts(self, imgs) -> np.ndarray:
         """Spike counts of a Poisson presentation (query_steps long) per image and neuron."""
         flat = np.ascontiguousarray(imgs.reshape(len(imgs), -1), dtype=np.float64)
@@ -258,7 +332,10 @@ class Module:
         return (imgs.reshape(len(imgs), -1) @ self.w) * self.params.drive_mv
 
     def response(self, imgs) -> np.ndarray:
-        return self.drive(imgs) if self.params.query == "rate" else self.counts(imgs)
+        if self.params.query == "rate":
+            return self.drive(imgs)
+        count, first = self.spikes(imgs)
+        return spike_score(count, first, self.params.spike_steps)
 
     def kept(self, max_breadth: int | None = None) -> np.ndarray:
         """Mask of labelled neurons that are not hyperactive (fire for at most max_breadth references)."""
@@ -268,12 +345,12 @@ class Module:
     def scores(self, resp: np.ndarray, max_breadth: int | None = None, readout: str | None = None) -> np.ndarray:
         """Per-place score (n_images, n_places) from the kept neurons labelled with each place.
 
-        `resp` is `response(imgs)`. Spike counts are taken relative to each neuron's own
-        reference count so that modules compare; drives need no rescaling. `max`: the
+        `resp` is `response(imgs)`. Drives and spiking scores (one threshold for every
+        module) compare across modules without rescaling. `max`: the
         best-responding neuron (Hussaini et al.); `mean`: the mean over the place's neurons.
         """
         keep = self.kept(max_breadth)
-        rel = resp[:, keep] / (self.ref_peak[keep] if self.params.query != "rate" else 1.0)
+        rel = resp[:, keep]
         lab = self.labels[keep]
         out = np.full((len(resp), len(self.places)), -np.inf)
         if (readout or self.params.readout) == "max":
@@ -286,8 +363,22 @@ class Module:
             out[:, n > 0] /= n[n > 0]
         return fill_empty(out, np.isin(np.arange(len(self.places)), lab))
 
+    def calibrate_threshold(self, cal_imgs) -> float:
+        """A lone module's spiking threshold (`Ensemble.calibrate_threshold` sets one for all
+        modules): `spike_threshold_factor` x the median best labelled neuron's drive per step."""
+        lab = self.labels >= 0
+        best = self.net_drive(cal_imgs)[:, lab].max(axis=1) if lab.any() else np.zeros(1)
+        theta = float(self.params.spike_threshold_factor * np.median(best))
+        if not np.isfinite(theta) or theta <= 0:
+            raise ValueError(f"spiking query: calibration gives no positive threshold ({theta})")
+        self.params = replace(self.params, spike_threshold=theta)
+        return theta
+
     def calibrate(self, cal_imgs, cal_local: np.ndarray) -> int:
-        """Pick the hyperactivity cut that maximises this module's Recall@1 on calibration frames."""
+        """Pick the hyperactivity cut that maximises this module's Recall@1 on calibration frames
+        (spiking queries: the threshold first, if not yet set)."""
+        if self.params.query == "spiking" and self.params.spike_threshold <= 0:
+            self.calibrate_threshold(cal_imgs)
         c = self.response(cal_imgs)
         best, best_r = -1.0, int(self.ref_breadth.max(initial=1))
         for r in range(int(self.ref_breadth.max(initial=1)), 0, -1):

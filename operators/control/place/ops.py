@@ -58,7 +58,9 @@ class EnsembleParams(Params):
     n_neurons: int = Field(80, ge=4, description="excitatory neurons per module")
     epochs: int = Field(8, ge=1)
     jitter_px: int = Field(1, ge=0, description="also train on references shifted by this many pixels")
-    query: Literal["rate", "spiking"] = Field("rate", description="rate-coded drive (fast) or a Poisson spiking run")
+    query: Literal["rate", "spiking"] = Field("rate", description="rate-coded drive (fast, not spiking) or an "
+                                             "integrate-and-fire run read out from spikes only")
+    spike_steps: int = Field(32, ge=1, description="spiking query: simulated steps per frame")
     readout: Literal["mean", "max"] = Field("max", description="place score: best neuron or mean of its neurons")
     workers: int = Field(0, ge=0, description="0 = modules in-process, N = N Ray actors")
     removal: bool = Field(True, description="remove hyperactive neurons (calibrated)")
@@ -103,7 +105,7 @@ class PlaceEnsemble(Operator):
         p = self.params
         d = dataset(p.n_places, p.seed, p.folder)
         mp = ModuleParams(n_neurons=p.n_neurons, epochs=p.epochs, jitter_px=p.jitter_px, query=p.query,
-                          readout=p.readout)
+                          readout=p.readout, spike_steps=p.spike_steps)
         self._ens = Ensemble.fit(d["reference"], d["calibration"], d["calibration_places"], p.places_per_module,
                                  mp, p.workers, p.seed)
         self._n = len(d["reference"])
