@@ -251,10 +251,44 @@ def deliver(steps, neurons, indptr, tgt, w, dch, buf, d_base):
 
 
 @njit(cache=True, nogil=True)
+def poisson_cdf(lam):
+    """The cumulative sums `poisson_draw` forms for `lam`, term by term in the same order (so a
+    search of this table returns the same counts bit for bit), up to where they stop growing."""
+    cdf = np.empty(1001)
+    p = math.exp(-lam)
+    s = p
+    cdf[0] = s
+    n = 1
+    while n < 1001:
+        p *= lam / n
+        s += p
+        cdf[n] = s
+        n += 1
+        if p == 0.0:
+            break
+    return cdf[:n]
+
+
+@njit(cache=True, nogil=True)
 def _external(rng, bufc, a, b, lam, extw):
-    """Add each neuron's external Poisson input of this step to its arrival slot."""
+    """Add each neuron's external Poisson input of this step to its arrival slot.
+
+    Inversion against a table made once per call (`poisson_cdf`), not the exp and the
+    running products per neuron: the same count for every uniform draw as `poisson_draw`
+    (past the table's end, where the sums no longer grow, it returns 1000 as that does).
+    """
+    if lam <= 0.0:
+        return
+    cdf = poisson_cdf(lam)
+    last = cdf.shape[0] - 1
     for i in range(a, b):
-        bufc[i] += poisson_draw(rng, i, lam) * extw
+        u = next_uniform(rng, i)
+        k = 0
+        while k <= last and u > cdf[k]:
+            k += 1
+        if k > last:
+            k = 1000
+        bufc[i] += k * extw
 
 
 @njit(inline="always")

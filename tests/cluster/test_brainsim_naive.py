@@ -77,3 +77,17 @@ def test_engine_matches_the_naive_twin():
     slow = naive(spec, Simulation(spec).build(), v0, 1000)
     assert len(slow) > 20
     assert fast == slow
+
+
+def test_external_drive_draws_the_counts_of_the_plain_poisson_inversion():
+    # the table search in _external against poisson_draw (exp and running products per draw),
+    # on the same random streams: identical counts, tails included
+    from cluster.brainsim import kernels as k
+
+    for lam in (0.02, 0.8, 2.0, 7.5, 40.0):
+        rng = np.array([k.stream_seed(9, 1, i) for i in range(20_000)], np.uint64)
+        fast = np.zeros(len(rng))
+        k._external(rng.copy(), fast, 0, len(rng), lam, 1.0)
+        slow = np.array([k.poisson_draw(rng, i, lam) for i in range(len(rng))], float)
+        np.testing.assert_array_equal(fast, slow)
+        assert abs(slow.mean() - lam) < 5 * math.sqrt(lam / len(rng)), lam
