@@ -126,6 +126,67 @@ BRIAN_SCRIPT = textwrap.dedent('''
 ''')
 
 
+NEST_SCRIPT = textwrap.dedent('''
+    import json, sys, time
+    import numpy as np
+    duration_s, out, delay_ms, net_seed = float(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+    import nest
+    nest.set_verbosity("M_WARNING")
+    nest.ResetKernel()
+    nest.SetKernelStatus({"resolution": 0.1, "rng_seed": net_seed, "local_num_threads": 1})
+    # Benchmark 1 (COBA) in NEST's units: g_L = 10 nS, C_m = tau_m g_L = 200 pF; conductances
+    # and weights are ours (units of g_L) times 10 nS; started as in the benchmark scripts
+    params = {"C_m": 200.0, "g_L": 10.0, "E_L": -60.0, "V_th": -50.0, "V_reset": -60.0, "t_ref": 5.0,
+              "E_ex": 0.0, "E_in": -80.0, "tau_syn_ex": 5.0, "tau_syn_in": 10.0, "I_e": 0.0}
+    t0 = time.perf_counter()
+    P = nest.Create("iaf_cond_exp", 4000, params=params)
+    P.V_m = nest.random.normal(-65.0, 5.0)
+    P.g_ex = nest.random.normal(40.0, 15.0)
+    P.g_in = nest.random.normal(200.0, 120.0)
+    conn = {"rule": "pairwise_bernoulli", "p": 0.02, "allow_autapses": True, "allow_multapses": True}
+    nest.Connect(P[:3200], P, conn, {"synapse_model": "static_synapse", "weight": 6.0, "delay": delay_ms})
+    nest.Connect(P[3200:], P, conn, {"synapse_model": "static_synapse", "weight": -67.0, "delay": delay_ms})
+    rec = nest.Create("spike_recorder")
+    nest.Connect(P, rec)
+    t1, c1 = time.perf_counter(), time.process_time()
+    nest.Simulate(duration_s * 1000.0)
+    t2, c2 = time.perf_counter(), time.process_time()
+    ev = rec.get("events")
+    i = np.asarray(ev["senders"]) - P[0].global_id
+    t = np.asarray(ev["times"]) / 1000.0
+    res = {"simulator": "nest " + nest.__version__, "model": "iaf_cond_exp", "duration_s": duration_s,
+           "delay_ms": delay_ms, "seed": net_seed, "setup_s": t1 - t0, "sim_s": t2 - t1, "sim_cpu_s": c2 - c1,
+           "synapses": int(nest.GetKernelStatus("num_connections"))}
+    keep = t >= 0.1  # the same transient and statistics as cluster.brainsim.report
+    for name, lo, hi in (("e", 0, 3200), ("i", 3200, 4000)):
+        sel = keep & (i >= lo) & (i < hi)
+        res[f"rate_{name}_hz"] = float(sel.sum() / (hi - lo) / (duration_s - 0.1))
+        order = np.lexsort((t[sel], i[sel]))
+        n_s, t_s = i[sel][order], t[sel][order]
+        same = n_s[1:] == n_s[:-1]
+        isi, owner = np.diff(t_s)[same], n_s[1:][same]
+        cnt = np.bincount(owner, minlength=hi)
+        s1, s2 = np.bincount(owner, isi, minlength=hi), np.bincount(owner, isi * isi, minlength=hi)
+        ok = cnt >= 2
+        mean = s1[ok] / cnt[ok]
+        res[f"cv_isi_{name}"] = float(np.mean(np.sqrt(np.maximum(s2[ok] / cnt[ok] - mean**2, 0)) / mean))
+    json.dump(res, open(out, "w"))
+''')
+def nest_coba(py: Path, duration_s: float, workdir: Path, delay_ms: float = 0.1, seed: int = 1) -> dict:
+    """Benchmark 1 (COBA) with NEST's iaf_cond_exp (GSL RKF45, adaptive) in NEST's virtualenv."""
+    script = workdir / "nest_coba.py"
+    script.write_text(NEST_SCRIPT)
+    out = workdir / f"nest_coba_d{delay_ms:g}_s{seed}.json"
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(py), str(script), str(duration_s), str(out), str(delay_ms), str(seed)],
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        return {"simulator": "nest", "error": proc.stderr.strip().splitlines()[-5:]}
+    res = json.loads(out.read_text())
+    res["process_wall_s"] = time.perf_counter() - t0
+    return res
+
+
 def ensure_brian_venv() -> Path | None:
     py = BRIAN_VENV / "bin" / "python"
     if not py.exists():
@@ -639,6 +700,85 @@ def microcircuit(duration_s: float, actors: int = 2, scale: float = 1.0) -> dict
             "nest_published": NEST_MICROCIRCUIT, "loadavg_1min": load}
 
 
+COBA_KEYS = ("rate_e_hz", "rate_i_hz", "cv_isi_e", "cv_isi_i")
+
+
+def _mean_sd(runs: list[dict], keys=COBA_KEYS) -> dict:
+    out = {}
+    for key in keys:
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        if vals:
+            out[key] = float(statistics.fmean(vals))
+            out[f"{key}_sd"] = float(statistics.stdev(vals)) if len(vals) > 1 else 0.0
+    return out
+
+
+def coba_references(args, result: dict) -> None:
+    """COBA (Benchmark 1) like with like: ours, Brian2 C++ standalone and NEST's iaf_cond_exp,
+    all with 0.1 ms synaptic delays (the shortest delay of ours and NEST: one step), over
+    `--coba-seeds` network realisations each (seeds are per simulator: each draws its own
+    network, so means over realisations are compared, not single runs), plus Brian2 with
+    zero delays (its example scripts' form; a different network dynamics, labelled as such).
+    Rates and CV ISI with the same statistics (0.1 s transient), speed as CPU seconds of the
+    simulation alone (ours: `cpu_s`; Brian2: `std::clock()` of its run; NEST: `Simulate`)."""
+    from cluster.brainsim.simulate import simulate
+    from cluster.brainsim.spec import NetworkSpec
+
+    dur = 1.0 if args.quick else 10.0
+    seeds = list(range(1, args.coba_seeds + 1))
+    sec: dict = {"duration_s": dur, "delay_ms": 0.1, "seeds": seeds, "loadavg_start": os.getloadavg()}
+    simulate(NetworkSpec(model="vogels_abbott_coba"), 0.05)  # Numba warm-up
+    runs = []
+    for seed in seeds:
+        load = os.getloadavg()[0]
+        rep = simulate(NetworkSpec(model="vogels_abbott_coba", seed=seed), dur)
+        pops = rep["populations"]
+        runs.append({"seed": seed, "cpu_s": rep["cpu_s"], "wall_s": rep["wall_s"], "loadavg_1min": load,
+                     "rate_e_hz": pops["E"]["rate_hz"], "rate_i_hz": pops["I"]["rate_hz"],
+                     "cv_isi_e": pops["E"]["cv_isi"], "cv_isi_i": pops["I"]["cv_isi"]})
+        print(f"COBA ours seed {seed}: {json.dumps(runs[-1])}", flush=True)
+    sec["ours"] = {"runs": runs, **_mean_sd(runs, (*COBA_KEYS, "cpu_s"))}
+    refs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        py = None if args.skip_brian2_coba else ensure_brian_venv()
+        if py is not None:
+            b = [brian2(py, "cpp_standalone", dur, work, "coba", 0.1, seed) for seed in seeds]
+            for r in b:
+                print(f"COBA Brian2 0.1 ms: {json.dumps({k: r.get(k) for k in ('seed', *COBA_KEYS, 'sim_s')})}",
+                      flush=True)
+            ok = [r for r in b if "rate_e_hz" in r]
+            refs["brian2_cpp_standalone_0.1ms"] = {"runs": b, **_mean_sd(ok, (*COBA_KEYS, "sim_s"))}
+            z = brian2(py, "cpp_standalone", dur, work, "coba", 0.0, 1)
+            sec["brian2_zero_delay_not_like_with_like"] = {
+                "note": "Brian's example scripts: a spike reaches its targets' conductances in the step it is "
+                        "emitted (ours and NEST: one step later); one realisation", **z}
+        npy = None if args.skip_nest_coba else nest_python()
+        if npy is not None:
+            n = [nest_coba(npy, dur, work, 0.1, seed) for seed in seeds[:args.coba_nest_seeds]]
+            for r in n:
+                print(f"COBA NEST: {json.dumps({k: r.get(k) for k in ('seed', *COBA_KEYS, 'sim_cpu_s')})}", flush=True)
+            ok = [r for r in n if "rate_e_hz" in r]
+            refs["nest_iaf_cond_exp_0.1ms"] = {"runs": n, **_mean_sd(ok, (*COBA_KEYS, "sim_cpu_s"))}
+    sec["references"] = refs
+    cmp = {}
+    for name, ref in refs.items():
+        c = {}
+        for key in COBA_KEYS:
+            if key in ref and key in sec["ours"]:
+                ratio = sec["ours"][key] / ref[key]
+                c[f"{key}_ratio"] = ratio
+                c[f"{key}_within_5pct"] = abs(ratio - 1.0) <= 0.05
+        cpu = ref.get("sim_s", ref.get("sim_cpu_s"))
+        if cpu:
+            c["speedup_cpu"] = cpu / sec["ours"]["cpu_s"]
+        cmp[name] = c
+    sec["ours_vs"] = cmp
+    sec["loadavg_end"] = os.getloadavg()
+    result["coba_references"] = sec
+    print(json.dumps(cmp), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short runs (1 s CUBA, small Brunel)")
@@ -653,16 +793,25 @@ def main() -> int:
     ap.add_argument("--only-cluster", action="store_true",
                     help="only the cluster sections (exchange, partitions, NEST, microcircuit)")
     ap.add_argument("--nest-reps", type=int, default=2, help="interleaved rounds of ours and NEST (Brunel AI)")
+    ap.add_argument("--coba-seeds", type=int, default=3, help="COBA realisations per simulator (ours, Brian2)")
+    ap.add_argument("--coba-nest-seeds", type=int, default=1, help="COBA realisations in NEST (~100 CPU s each)")
+    ap.add_argument("--skip-coba-refs", action="store_true", help="skip COBA against Brian2 (0.1 ms) and NEST")
+    ap.add_argument("--skip-brian2-coba", action="store_true")
+    ap.add_argument("--skip-nest-coba", action="store_true")
+    ap.add_argument("--only-coba", action="store_true", help="only COBA against its references")
     ap.add_argument("--out", default=str(RESULT), help="where to write the JSON")
     args = ap.parse_args()
     if args.only_cluster:
+        args.skip_brian2 = args.skip_scaling = args.skip_memory = args.skip_coba_refs = True
+    if args.only_coba:
         args.skip_brian2 = args.skip_scaling = args.skip_memory = True
+        args.skip_exchange = args.skip_partitions = args.skip_nest = args.skip_microcircuit = True
     duration = 1.0 if args.quick else 10.0
     result: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                 "note": "shared machine: other jobs compete for the 2 cores"},
                     "quick": args.quick, "loadavg_start": os.getloadavg()}
     for net, model in (("cuba", "vogels_abbott_cuba"), ("coba", "vogels_abbott_coba")):
-        if args.only_cluster:
+        if args.only_cluster or args.only_coba:
             break
         print(f"{net.upper()}, {duration:g} s: ours ...", flush=True)
         result[net] = {"duration_s": duration, "ours": ours_net(model, duration)}
@@ -675,7 +824,7 @@ def main() -> int:
                 brian2(py, "runtime", 0.1, work)  # warm the Cython cache
                 for mode in ("runtime", "cpp_standalone"):
                     print(f"CUBA, {duration:g} s: Brian2 {mode} ...", flush=True)
-                    res = brian2(py, mode, duration, work)
+                    res = brian2(py, mode, duration, work, "cuba", 0.1)  # 0.1 ms delays, as ours
                     result["cuba"][f"brian2_{mode}"] = res
                     print(json.dumps(res), flush=True)
                 result["cuba"].update(ratios(result["cuba"]))
@@ -684,8 +833,10 @@ def main() -> int:
                     pairs = interleaved(work / "standalone_cuba_d0.1_s1", duration, args.reps)
                     result["cuba"]["interleaved_vs_brian2_cpp_standalone"] = pairs
                     print(json.dumps({k: v for k, v in pairs.items() if k != "reps"}), flush=True)
-                print(f"COBA, {duration:g} s: Brian2 cpp_standalone ...", flush=True)
+                print(f"COBA, {duration:g} s: Brian2 cpp_standalone (zero delay, as its examples) ...", flush=True)
                 result["coba"]["brian2_cpp_standalone"] = brian2(py, "cpp_standalone", duration, work, "coba")
+                result["coba"]["note"] = ("Brian2 here has zero-delay synapses (ours 0.1 ms): not like with like; "
+                                          "see coba_references for the same network in Brian2 and NEST")
                 result["coba"].update(ratios(result["coba"]))
                 print(json.dumps(result["coba"]["brian2_cpp_standalone"]), flush=True)
     if not args.skip_scaling:
@@ -698,12 +849,14 @@ def main() -> int:
         print(f"memory: {n} neurons, in-degree 100 ...", flush=True)
         result["memory"] = memory(n, 100, 0.01)
         print(json.dumps(result["memory"]), flush=True)
+    if not args.skip_coba_refs:
+        coba_references(args, result)
     cluster(args, result)
     result["loadavg_end"] = os.getloadavg()
     out = Path(args.out)
     if out.exists():  # a skipped section keeps its figures from the last run that measured it
         earlier = json.loads(out.read_text())
-        for key in ("cuba", "coba", "brunel_scaling", "memory", "exchange", "partitions", "brunel_vs_nest", "sonata",
+        for key in ("cuba", "coba", "coba_references", "brunel_scaling", "memory", "exchange", "partitions", "brunel_vs_nest", "sonata",
                     "microcircuit"):
             if key not in result and key in earlier:
                 result[key] = {**earlier[key], "carried_over_from_an_earlier_run": True}
