@@ -84,8 +84,11 @@ def cmd_serve(args) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    timer = None
     if args.for_s:
-        threading.Timer(args.for_s, stop.set).start()
+        timer = threading.Timer(args.for_s, stop.set)
+        timer.daemon = True  # a manager that ended early must not wait out its time (or ignore SIGTERM)
+        timer.start()
     mgr = Manager(ManagerOptions(bind=args.bind, keys=args.keys, out=args.out, heartbeat_s=args.heartbeat_s,
                                  lost_after_s=args.lost_after_s))
     Console(stderr=True).print(f"fleet manager on {args.bind}, {len(mgr.known)} authorized keys, "
@@ -94,6 +97,9 @@ def cmd_serve(args) -> int:
         mgr.serve(stop)
     except KeyboardInterrupt:
         stop.set()
+    finally:
+        if timer is not None:
+            timer.cancel()
     return 0
 
 

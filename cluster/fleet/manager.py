@@ -136,7 +136,10 @@ class Manager:
         sock.router_mandatory = False
         sock.sndhwm = sock.rcvhwm = 100_000
         try:
-            sock.bind(self.o.bind)
+            try:
+                sock.bind(self.o.bind)
+            except zmq.ZMQError as exc:
+                raise LinkError(f"the fleet manager cannot bind {self.o.bind}: {exc}") from None
             self.ready.set()
             cpu0 = time.process_time()
             next_hb = next_manifest = time.monotonic()
