@@ -25,7 +25,7 @@ import ray
 
 from pipeline import Graph, run
 from pipeline import schemas as sch
-from pipeline.rayexec import remove_leaked_semaphores, shm_semaphores
+from pipeline.executors.actors import remove_leaked_semaphores, shm_semaphores
 from pipeline.testing import ListSource
 
 

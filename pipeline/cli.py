@@ -62,10 +62,9 @@ def cmd_run(args) -> int:
     graph = _graph(args)
     extras = RunExtras(graph, record=args.record, streams=args.streams.split(",") if args.streams else None,
                        strict=args.strict, foxglove=args.foxglove)
-    configured = graph.config.get("executor") or "local"
-    if isinstance(configured, dict):
-        configured = configured.get("kind", "local")
-    executor = args.executor or configured
+    from pipeline.run import configured_executor
+
+    executor = args.executor or configured_executor(graph)[0]
     console = Console(stderr=True)
     live = None
     monitor = None
@@ -82,6 +81,8 @@ def cmd_run(args) -> int:
     options = {}
     if executor.startswith("ray") and args.fuse:
         options["fuse"] = args.fuse
+    if args.address:
+        options["address"] = args.address
     try:
         with extras:
             for note in extras.notes:
@@ -99,6 +100,8 @@ def cmd_run(args) -> int:
         drops = sum(m["drops_batches"] for m in result.metrics)
         if misses or drops:
             Console().print(f"latency budget misses: {misses}, dropped batches: {drops}")
+        for line in result.recovery.get("recovered", ()):  # what the runtime recovered from, one line each
+            print(f"recovered: {line}", file=sys.stderr)
     for line in extras.after(result):  # raises under --strict
         print(f"warning: {line}; --strict makes this an error", file=sys.stderr)
     if extras.viewer is not None:
@@ -116,12 +119,26 @@ def cmd_validate(args) -> int:
         print(f"ok: '{args.config}' is a valid `{name}:` config; run it with `reflexarc {name} {args.config}`")
         return 0
     graph = _graph(args)
+    placements = _check_placements(graph, args.address) if args.address else []
     print(f"ok: '{graph.name}' has {len(graph.nodes)} nodes and {len(graph.edges())} edges")
+    for line in placements:
+        print(f"  {line}")
     for e in graph.edges():
         schema = graph.schemas[(e.src, e.src_port)]
         cols = ", ".join(f"{f.name}:{f.type}" for f in schema)
         print(f"  {e.stream} -> {e.dst}.{e.dst_port} [{e.policy}, {e.capacity}] ({cols})")
     return 0
+
+
+def _check_placements(graph, address: str) -> list[str]:
+    """Each stage's `place:` against the live nodes of the cluster at `address` (ClusterError if unmet)."""
+    from pipeline.executors.actors import check_placements, plan_groups
+    from pipeline.executors.session import ray_session
+
+    with ray_session(address, config=graph.config):
+        import ray
+
+        return check_placements(graph, plan_groups(graph, None), ray.get_runtime_context().get_node_id())
 
 
 def cmd_ops(args) -> int:
@@ -257,6 +274,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="record streams into this folder")
     p.add_argument("--streams", help="comma-separated node.port streams to record (default: all)")
     p.add_argument("--fuse", choices=["none", "chains"], help="ray: fuse linear chains into one actor")
+    p.add_argument("--address", metavar="HOST:PORT", help="ray executors: join this running Ray cluster "
+                   "('auto' finds a local one; default: the config's ray.address, RAY_ADDRESS, else start one)")
     p.add_argument("--strict", action="store_true", help="a skipped bad packet is an error, not a warning")
     p.add_argument("--foxglove", metavar="HOST:PORT", help="serve the running streams to Foxglove/Lichtblick "
                    "over the Foxglove WebSocket protocol (e.g. 127.0.0.1:8765)")
@@ -266,6 +285,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a config; exit 2 listing every problem")
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="NODE.PARAM=VALUE")
+    p.add_argument("--address", metavar="HOST:PORT", help="also check every `place:` against this Ray cluster's live nodes")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("ops", help="list every registered operator")

@@ -80,6 +80,10 @@ class DataError(ReflexarcError):
     """Input data (a file, a packet, a frame) is corrupt or does not fit the config."""
 
 
+class ClusterError(ReflexarcError):
+    """A Ray cluster cannot be reached, cannot meet a placement, or lost a node mid-run."""
+
+
 class LinkError(ReflexarcError):
     """A network link (ZeroMQ, UDP, LSL) failed or a peer misbehaved."""
 

@@ -186,6 +186,7 @@ class Graph:
         for key in data:
             if key not in TOP_KEYS:
                 problems.append(Problem(None, str(key), f"unknown top-level key (expected {', '.join(sorted(TOP_KEYS))})"))
+        _check_ray_key(data.get("ray"), problems)
         nodes = data.get("nodes")
         if isinstance(nodes, list):
             as_map = {}
@@ -411,8 +412,22 @@ class Graph:
                 self.schemas[(node.id, port)] = schema
         if not any(n.is_source for n in self.nodes.values()):
             problems.append(Problem(None, "nodes", "the graph has no source"))
+        self._check_fused_placement(problems)
         if not problems:
             self._built = True
+
+    def _check_fused_placement(self, problems: list[Problem]) -> None:
+        """Nodes fused into one actor run in one place: their `place:` keys must agree."""
+        groups: dict[str, list[Node]] = {}
+        for node in self.nodes.values():
+            if node.fuse is not None:
+                groups.setdefault(node.fuse, []).append(node)
+        for key, members in groups.items():
+            places = {m.place for m in members}
+            if len(places) > 1:
+                where = "; ".join(f"'{m.id}' ({m.place.describe() if m.place else 'no place'})" for m in members)
+                problems.append(Problem(members[0].id, "fuse", f"fuse group '{key}' joins nodes placed differently: {where}; "
+                                        "give them the same 'place:' or fuse them apart"))
 
     def _topological(self, problems: list[Problem]) -> list[str]:
         indeg = {n: 0 for n in self.nodes}
@@ -531,6 +546,22 @@ def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _check_ray_key(spec: Any, problems: list[Problem]) -> None:
+    """The top-level `ray:` key: `{address: HOST:PORT|auto, placement_timeout_s: 60}`."""
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        problems.append(Problem(None, "ray", f"must be a mapping like {{address: 'HOST:PORT'}}, got {spec!r}"))
+        return
+    for key, value in spec.items():
+        if key not in RAY_KEYS:
+            problems.append(Problem(None, f"ray.{key}", f"unknown key (expected {', '.join(sorted(RAY_KEYS))})"))
+        elif key == "address" and (not isinstance(value, str) or not value):
+            problems.append(Problem(None, "ray.address", f"must be 'HOST:PORT', 'auto' or 'ray://HOST:PORT', got {value!r}"))
+        elif key == "placement_timeout_s" and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            problems.append(Problem(None, "ray.placement_timeout_s", f"must be a positive number of seconds, got {value!r}"))
 
 
 def read_yaml(path: str | Path) -> Any:

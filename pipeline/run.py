@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.executors import BUILTIN as EXECUTORS
+from pipeline.executors import get as get_executor
 from pipeline.graph import Graph
-
-EXECUTORS = ("local", "ray", "ray-compiled", "ray-shm")
-_TRANSPORTS = {"ray": "calls", "ray-compiled": "compiled", "ray-shm": "shm"}
 
 
 @dataclass
@@ -47,10 +46,23 @@ class RunResult:
         Path(path).write_text(json.dumps(self.summary(), indent=2, default=str))
 
 
+def configured_executor(graph: Graph) -> tuple[str, dict]:
+    """The YAML's `executor:` key: a name, or `{kind: NAME, <option>: value, ...}`."""
+    spec = graph.config.get("executor")
+    if spec is None:
+        return "local", {}
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, dict) and isinstance(spec.get("kind", "local"), str):
+        return spec.get("kind", "local"), {k: v for k, v in spec.items() if k != "kind"}
+    raise ConfigError(f"executor: must be a name or {{kind: NAME, ...options}}, got {spec!r}", graph.source)
+
+
 def run(
     graph: Graph,
-    executor: str = "local",
+    executor: str | None = None,
     *,
+    address: str | None = None,
     monitor=None,
     stop: threading.Event | None = None,
     **options,
@@ -59,22 +71,26 @@ def run(
 
     `executor` is `local`, `ray` (one actor per node or fused group, backpressure,
     crash recovery), `ray-compiled` (the same actors as a Ray Compiled Graph) or `ray-shm`
-    (the same actors linked by shared-memory channels on one machine: lowest latency).
-    `options` go to the executor (for Ray: `fuse`, `checkpoint_every`, `max_restarts`).
+    (the same actors linked by shared-memory rings on a node, sockets between nodes);
+    None takes the config's `executor:` key, else `local`. `address` joins a running
+    Ray cluster (else the config's `ray: {address: ...}`, else RAY_ADDRESS, else a local
+    session starts). `options` go to the executor (for Ray: `fuse`, `checkpoint_every`,
+    `max_restarts`, `placement_timeout_s`); the config's `executor: {kind, ...}` options
+    come first and these override them.
     """
+    name, configured = configured_executor(graph)
+    if executor is not None and executor != name:
+        configured = {}  # options written for another executor do not apply
+    name = executor or name
+    options = {**configured, **options}
+    if address is not None:
+        options["address"] = address
+    impl = get_executor(name)
+    impl.check_options(options)
     graph = graph.check().fresh()
     start = time.perf_counter()
-    recovery: dict = {}
-    if executor == "local":
-        from pipeline.local import run_local
+    outcome = impl.run(graph, monitor=monitor, stop=stop, **options)
+    return RunResult(graph.name, name, time.perf_counter() - start, outcome.results, outcome.metrics, outcome.recovery)
 
-        results, metrics = run_local(graph, monitor=monitor, stop=stop)
-    elif executor in _TRANSPORTS:
-        from pipeline.rayexec import run_ray
 
-        results, metrics, recovery = run_ray(
-            graph, transport=_TRANSPORTS[executor], monitor=monitor, stop=stop, **options
-        )
-    else:
-        raise ConfigError(f"unknown executor '{executor}' (expected one of {', '.join(EXECUTORS)})")
-    return RunResult(graph.name, executor, time.perf_counter() - start, results, metrics, recovery)
+__all__ = ["EXECUTORS", "RunResult", "configured_executor", "run"]

@@ -54,7 +54,7 @@ def create(path: str, size: int) -> dict:
         f.truncate(_HEADER + size)
     os.mkfifo(path + ".data")
     os.mkfifo(path + ".space")
-    return {"path": path, "size": size}
+    return {"kind": "ring", "name": os.path.basename(path), "path": path, "size": size}
 
 
 class Channel:
@@ -85,8 +85,8 @@ class Channel:
         self.used = 0
         self.spills = 0
         self.queue_max = 0
-        self.schemas: dict = {}  # per (node, port): the schema last sent / received
-        self.forms: dict = {}  # writer, per (node, port): how its batches travel
+        self.name = spec.get("name") or os.path.basename(self.path)
+        self.codec = Codec()
 
     # -- both sides ----------------------------------------------------------------
     def abort(self) -> None:
@@ -123,32 +123,7 @@ class Channel:
     # -- writer --------------------------------------------------------------------
     def send(self, wave: int, finish: bool, items: list, keys=None, idle=None) -> None:
         """Write one wave; block (calling `idle` now and then) while the ring is full."""
-        envelope, bodies = [], []
-        for node, port, batch, seq, ingest in items:
-            if keys is not None and (node, port) not in keys:
-                continue
-            if not isinstance(batch, pa.RecordBatch):  # not Arrow: travels pickled in the envelope
-                envelope.append((node, port, seq, ingest, batch, 0, _PICKLED))
-                continue
-            schema, key = batch.schema, (node, port)
-            fresh = None  # the schema's bytes, when the reader has not seen it yet
-            known = self.schemas.get(key)
-            if known is not schema:
-                if known is None or not known.equals(schema, check_metadata=True):
-                    self.forms[key] = _MESSAGE if _one_message(schema) else _STREAM
-                    fresh = schema.serialize().to_pybytes()
-                self.schemas[key] = schema  # an equal schema object: `equals` is skipped next time
-            form = self.forms[key]
-            if form == _MESSAGE:
-                body = batch.serialize()
-            else:  # dictionaries need the whole IPC stream: schema, dictionaries, batch
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_stream(sink, schema) as writer:
-                    writer.write_batch(batch)
-                body = sink.getvalue()
-            envelope.append((node, port, seq, ingest, fresh, body.size, form))
-            bodies.append(body)
-        meta = pickle.dumps((wave, finish, envelope), protocol=5)
+        meta, bodies = self.codec.encode(wave, finish, items, keys)
         head = _aligned(_REC.size + len(meta))
         length = head + sum(_aligned(b.size) for b in bodies)
         if length > self.size // 2:
@@ -223,7 +198,7 @@ class Channel:
         else:
             owned = pa.allocate_buffer(length - head)
             memoryview(owned)[:] = self.mv[base + head : base + length].cast("b")
-            wave = self._decode(pickle.loads(meta), owned)
+            wave = self.codec.decode(pickle.loads(meta), owned)
         self.pos += length
         _token(self.space_fd)
         return wave
@@ -237,9 +212,52 @@ class Channel:
         meta = pickle.loads(data[_REC.size : _REC.size + meta_len])
         owned = pa.allocate_buffer(length - head)
         memoryview(owned)[:] = memoryview(data)[head:length].cast("b")
-        return self._decode(meta, owned)
+        return self.codec.decode(meta, owned)
 
-    def _decode(self, meta, owned: pa.Buffer) -> tuple[int, bool, list]:
+
+class Codec:
+    """How a wave travels as bytes: a pickled envelope plus each Arrow batch in IPC form.
+
+    One per channel side: it remembers the schema of each (node, port) stream, which is
+    sent once per stream (again only when it changes). Used by the rings here and by the
+    socket channels of `pipeline.netchan`.
+    """
+
+    def __init__(self):
+        self.schemas: dict = {}  # per (node, port): the schema last sent / received
+        self.forms: dict = {}  # writer, per (node, port): how its batches travel
+
+    def encode(self, wave: int, finish: bool, items: list, keys=None) -> tuple[bytes, list]:
+        """The wave's envelope (pickled) and its batch bodies (Arrow buffers)."""
+        envelope, bodies = [], []
+        for node, port, batch, seq, ingest in items:
+            if keys is not None and (node, port) not in keys:
+                continue
+            if not isinstance(batch, pa.RecordBatch):  # not Arrow: travels pickled in the envelope
+                envelope.append((node, port, seq, ingest, batch, 0, _PICKLED))
+                continue
+            schema, key = batch.schema, (node, port)
+            fresh = None  # the schema's bytes, when the reader has not seen it yet
+            known = self.schemas.get(key)
+            if known is not schema:
+                if known is None or not known.equals(schema, check_metadata=True):
+                    self.forms[key] = _MESSAGE if _one_message(schema) else _STREAM
+                    fresh = schema.serialize().to_pybytes()
+                self.schemas[key] = schema  # an equal schema object: `equals` is skipped next time
+            form = self.forms[key]
+            if form == _MESSAGE:
+                body = batch.serialize()
+            else:  # dictionaries need the whole IPC stream: schema, dictionaries, batch
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, schema) as writer:
+                    writer.write_batch(batch)
+                body = sink.getvalue()
+            envelope.append((node, port, seq, ingest, fresh, body.size, form))
+            bodies.append(body)
+        return pickle.dumps((wave, finish, envelope), protocol=5), bodies
+
+    def decode(self, meta, owned: pa.Buffer) -> tuple[int, bool, list]:
+        """The wave back from its envelope and the bodies laid out (64-byte aligned) in `owned`."""
         wave, finish, envelope = meta
         items, at = [], 0
         for node, port, seq, ingest, extra, size, form in envelope:

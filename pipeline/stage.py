@@ -23,6 +23,10 @@ from pipeline.schemas import Header
 Item = tuple  # (src_node, src_port, batch, seq, ingest_ns)
 
 
+_COUNTS = ("batches_in", "items_in", "batches_out", "items_out", "drops_batches", "drops_items",
+           "budget_misses", "safe_states")
+
+
 class Stage:
     """Runs a topologically ordered subset of a graph's nodes on waves of items."""
 
@@ -169,14 +173,22 @@ class Stage:
                 out.append(new)
 
     # -- state and reports ---------------------------------------------------------
-    def state(self) -> dict:
-        return {"ops": {n: self.ops[n].state() for n in self.ids}, "seq": dict(self.seq)}
+    def state(self, with_metrics: bool = False) -> dict:
+        """Every operator's state and the stream sequence numbers; with the node counters
+        when asked (a checkpoint, so that a restarted stage counts on from it)."""
+        state = {"ops": {n: self.ops[n].state() for n in self.ids}, "seq": dict(self.seq)}
+        if with_metrics:
+            state["counts"] = {n: {k: getattr(m, k) for k in _COUNTS} for n, m in self.metrics.items()}
+        return state
 
     def restore(self, state: dict) -> None:
         for n, s in state["ops"].items():
             if s is not None:
                 self.ops[n].restore(s)
         self.seq = defaultdict(int, state["seq"])
+        for n, counts in state.get("counts", {}).items():
+            for k, v in counts.items():
+                setattr(self.metrics[n], k, v)
 
     def results(self) -> dict:
         return {n: self.ops[n].result() for n in self.ids if self.ops[n].result() is not None}

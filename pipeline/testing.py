@@ -13,6 +13,7 @@ A flow test reads: batches in -> graph -> batches out::
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -75,12 +76,14 @@ class CollectSink(Operator):
 class CrashParams(Params):
     at_batch: int = Field(3, ge=0, description="crash when this many batches have passed")
     marker: str = Field(..., description="file that records the crash happened (crash once)")
-    mode: str = Field("exit", pattern="^(exit|raise)$")
+    mode: str = Field("exit", pattern="^(exit|raise|hang)$",
+                      description="exit the process, raise, or hang (up to hang_s) until something outside kills it")
+    hang_s: float = Field(60.0, gt=0)
 
 
 @register
 class CrashOnce(Operator):
-    """Passes batches through, and kills its process (or raises) once at a given batch."""
+    """Passes batches through, and kills its process (or raises, or hangs) once at a given batch."""
 
     name = "crash_once"
     inputs = {"in": "any"}
@@ -98,6 +101,11 @@ class CrashOnce(Operator):
             marker.write_text("crashed")
             if self.params.mode == "exit":
                 os._exit(1)
+            if self.params.mode == "hang":  # a test kills the whole node meanwhile
+                deadline = time.monotonic() + self.params.hang_s
+                while time.monotonic() < deadline:
+                    time.sleep(0.05)
+                return batch
             raise RuntimeError(f"injected failure at batch {self.seen}")
         return batch
 
@@ -106,6 +114,34 @@ class CrashOnce(Operator):
 
     def restore(self, state):
         self.seen = state
+
+
+class MultiNode:
+    """A real two-node Ray cluster on this machine: a head and one worker, each with its own
+    custom resources and labels and a capped object store (`ray.cluster_utils.Cluster`)."""
+
+    def __init__(self, workers: list[dict] | None = None, fast_failure: bool = True):
+        from ray.cluster_utils import Cluster
+
+        head = {"num_cpus": 1, "resources": {"head": 1}, "labels": {"role": "head"}, "object_store_memory": 100 << 20}
+        if fast_failure:  # a lost node is noticed in ~1.5 s instead of ~30 s
+            head["_system_config"] = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                                      "health_check_failure_threshold": 3}
+        self.cluster = Cluster(initialize_head=True, head_node_args=head)
+        self.head_id = self.cluster.head_node.node_id
+        self.workers = []
+        for spec in workers or [{"resources": {"camera": 1, "accel": 2}, "labels": {"role": "edge"}}]:
+            node = self.cluster.add_node(num_cpus=1, object_store_memory=100 << 20, **spec)
+            self.workers.append(node)
+        self.cluster.wait_for_nodes()
+        self.address = self.cluster.address
+
+    @property
+    def worker_id(self) -> str:
+        return self.workers[0].node_id
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
 
 
 def tables_equal(a: list[pa.RecordBatch], b: list[pa.RecordBatch]) -> bool:

@@ -9,7 +9,7 @@ import pytest
 def ray_session():
     import ray
 
-    from pipeline.rayexec import remove_leaked_semaphores, shm_semaphores
+    from pipeline.executors.actors import remove_leaked_semaphores, shm_semaphores
 
     before = shm_semaphores()  # what compiled graphs leave in /dev/shm goes with the session
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -17,4 +17,24 @@ def ray_session():
         yield ray
     finally:
         ray.shutdown()
+        remove_leaked_semaphores(before)
+
+
+@pytest.fixture(scope="module")
+def multinode():
+    """A two-node cluster (head: resource `head`, label role=head; worker: `camera`, `accel`,
+    label role=edge) with this test process connected as its driver."""
+    import ray
+
+    from pipeline.executors.actors import remove_leaked_semaphores, shm_semaphores
+    from pipeline.testing import MultiNode
+
+    before = shm_semaphores()
+    nodes = MultiNode()
+    ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False)
+    try:
+        yield nodes
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
         remove_leaked_semaphores(before)

@@ -69,7 +69,7 @@ def test_compiled_mode_gives_the_same_outputs_and_warms_up_outside_stream_time(r
 def test_batches_are_copied_out_of_channel_buffers_whole():
     import pyarrow as pa
 
-    from pipeline.rayexec import _owned
+    from pipeline.executors.actors import _owned
 
     plain = pa.record_batch({"t": pa.array([1, 2, 3], pa.int64()), "x": pa.array([4, 5, 6], pa.int16())},
                             metadata={"sensor": "dvs"})
