@@ -98,7 +98,7 @@ class CrashOnce(Operator):
         self.seen += 1
         marker = Path(self.params.marker)
         if self.seen > self.params.at_batch and not marker.exists():
-            marker.write_text("crashed")
+            marker.write_text(_ray_node() or "crashed")  # where it happened, for tests that kill that node
             if self.params.mode == "exit":
                 os._exit(1)
             if self.params.mode == "hang":  # a test kills the whole node meanwhile
@@ -142,6 +142,16 @@ class MultiNode:
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
+
+
+def _ray_node() -> str | None:
+    """The Ray node id this process runs on, when it runs in Ray."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
 
 
 def tables_equal(a: list[pa.RecordBatch], b: list[pa.RecordBatch]) -> bool:

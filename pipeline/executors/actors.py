@@ -22,7 +22,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline import shmchan
-from pipeline.errors import ClusterError, ConfigError, OperatorError, ReflexarcError
+from pipeline.errors import ClusterError, ConfigError, LinkError, OperatorError, ReflexarcError
 from pipeline.executors.base import Executor, Outcome
 from pipeline.executors.session import alive_nodes, ray_session
 from pipeline.feed import Feed
@@ -32,6 +32,7 @@ from pipeline.stage import Stage
 _EMPTY: list = []
 _CPU = pa.default_cpu_memory_manager()
 PLACEMENT_TIMEOUT_S = 60.0
+LOST_NODE_WAIT_S = 10.0  # how long a vanished peer waits for Ray to declare its node dead
 
 
 def _owned(batch):
@@ -449,9 +450,17 @@ class Deployment:
         alive = {n["id"] for n in alive_nodes()}
         return sorted({n for n in self.nodes if n not in alive})
 
-    def lost_error(self, executor: str) -> ClusterError | None:
-        """One error naming each lost node and the stages on it, or None if none was lost."""
+    def lost_error(self, executor: str, wait_s: float = 0.0) -> ClusterError | None:
+        """One error naming each lost node and the stages on it, or None if none was lost.
+
+        A peer that vanished (a dead actor, a reset socket) is often the first sign of a
+        lost node; Ray declares the node dead a little later, so `wait_s` is given for it.
+        """
+        deadline = time.monotonic() + wait_s
         lost = self.lost_nodes()
+        while not lost and time.monotonic() < deadline:
+            time.sleep(0.25)
+            lost = self.lost_nodes()
         if not lost:
             return None
         parts = [f"Ray node {n} (stages {', '.join(x for gi, node in enumerate(self.nodes) if node == n for x in self.groups[gi])})"
@@ -505,7 +514,10 @@ class RayExecutor(Executor):
                     a.safe_state.remote("the pipeline stopped on an error")
                 except Exception:
                     pass
-            lost = dep.lost_error(self.name) if dep.nodes and not isinstance(exc, KeyboardInterrupt) else None
+            vanished = isinstance(exc, LinkError | RayActorError) or (isinstance(exc, OperatorError) and "died" in str(exc))
+            lost = None
+            if dep.nodes and isinstance(exc, Exception):
+                lost = dep.lost_error(self.name, LOST_NODE_WAIT_S if vanished else 0.0)
             if lost is not None:
                 raise lost from None
             raise
