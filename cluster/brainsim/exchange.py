@@ -43,6 +43,10 @@ from pipeline.errors import ReflexarcError
 LINE = 8  # int64 words per cache line
 ABORT = 0  # word 0: abort flag
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+# futex(2) syscall numbers: a waiter sleeps in the kernel until the publisher wakes it
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower(), -1)
+FUTEX_WAIT, FUTEX_WAKE = 0, 1
+SLEEP_NS = 1_000_000  # a sleeper also re-checks (abort, timeout) once per millisecond
 
 
 class ExchangeStalled(ReflexarcError):
@@ -120,30 +124,96 @@ def usleep(typingctx, us):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True)
-def wait_at_least(board, word, target, spin_cycles, max_sleeps):
-    """Wait until `board[word] >= target`: spin for `spin_cycles`, then sleep 20 us at a time.
+@intrinsic
+def atomic_add(typingctx, arr, idx, val):
+    """`arr[idx] += val` as one sequentially consistent atomic read-modify-write."""
+    sig = types.int64(arr, idx, val)
 
-    Returns the cycles waited, or -1 if the board was aborted or `max_sleeps` sleeps went by.
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", builder.gep(a.data, [args[1]]), args[2], "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def fence(typingctx):
+    """A full (sequentially consistent) memory fence."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def futex(typingctx, arr, idx, op, val, timeout_ns):
+    """futex(2) on the low 32 bits of `arr[idx]` (shared, not private: the board is mapped by
+    several processes): FUTEX_WAIT sleeps while the word equals `val` (at most `timeout_ns`),
+    FUTEX_WAKE wakes up to `val` sleepers. Returns the syscall's result."""
+    sig = types.int64(arr, idx, op, val, timeout_ns)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        addr = builder.ptrtoint(builder.gep(a.data, [args[1]]), i64)
+        ts_type = ir.LiteralStructType([i64, i64])
+        ts = cgutils.alloca_once(builder, ts_type)
+        sec = builder.sdiv(args[4], ir.Constant(i64, 1_000_000_000))
+        nsec = builder.srem(args[4], ir.Constant(i64, 1_000_000_000))
+        builder.store(sec, builder.gep(ts, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 0)]))
+        builder.store(nsec, builder.gep(ts, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 1)]))
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64], var_arg=True), "syscall")
+        zero = ir.Constant(i64, 0)
+        return builder.call(fn, [ir.Constant(i64, _SYS_FUTEX), addr, args[2], args[3], builder.ptrtoint(ts, i64),
+                                 zero, zero])
+
+    return sig, codegen
+
+
+HAVE_FUTEX = _SYS_FUTEX >= 0
+
+
+@njit(cache=True, nogil=True)
+def wait_at_least(board, word, target, spin_cycles, timeout_cycles):
+    """Wait until `board[word] >= target`: spin for `spin_cycles`, then sleep in the kernel
+    (futex on the counter, woken by `publish`; 20 us naps where there is no futex).
+
+    `board[word + 1]` counts the sleepers, so a publisher makes the wake-up syscall only
+    when someone sleeps. Returns the cycles waited, or -1 if the board was aborted or
+    `timeout_cycles` went by.
     """
     if load_acquire(board, word) >= target:
         return 0
     t0 = cycles()
-    sleeps = 0
     while load_acquire(board, word) < target:
-        if cycles() - t0 < spin_cycles:
+        waited = cycles() - t0
+        if waited < spin_cycles:
             cpu_relax()
+            continue
+        if load_acquire(board, ABORT) != 0 or waited > timeout_cycles:
+            return -1
+        if HAVE_FUTEX:
+            atomic_add(board, word + 1, np.int64(1))
+            seen = load_acquire(board, word)
+            if seen < target:  # the publisher's store and its read of the sleeper count are ordered with ours
+                futex(board, word, np.int64(FUTEX_WAIT), seen & np.int64(0xFFFFFFFF), np.int64(SLEEP_NS))
+            atomic_add(board, word + 1, np.int64(-1))
         else:
-            if load_acquire(board, ABORT) != 0 or sleeps >= max_sleeps:
-                return -1
             usleep(np.int32(20))
-            sleeps += 1
     return cycles() - t0
 
 
 @njit(cache=True, nogil=True)
 def publish(board, word, value):
+    """Set a partition's published-window counter and wake whoever sleeps on it."""
     store_release(board, word, np.int64(value))
+    if HAVE_FUTEX:
+        fence()
+        if load_acquire(board, word + 1) > 0:
+            futex(board, word, np.int64(FUTEX_WAKE), np.int64(0x7FFFFFFF), np.int64(0))
 
 
 @njit(cache=True, nogil=True)
@@ -178,7 +248,7 @@ def _deliver_merged(board, slots, parity, first_step, window, K, pos, indptr, tg
 @njit(cache=True, nogil=True)
 def run_board(n_windows, window, step0, pops, pidx, lo, v, ge, gi, de, di, refr, rng, buf, indptr, tgt, w, dch,
               src_steps, src_neurons, src_ptr, out_steps, out_neurons, fired, board, me, slots, sync,
-              spin_cycles, max_sleeps, chunk, done, waited):
+              spin_cycles, timeout_cycles, chunk, done, waited):
     """Advance up to `n_windows` windows of partition `me`, exchanging spikes through `board`.
 
     Window numbers are global (`step0 // window` is this call's first). Writes own spikes
@@ -200,7 +270,7 @@ def run_board(n_windows, window, step0, pops, pidx, lo, v, ge, gi, de, di, refr,
         wnd = s0 // window
         if wnd > 0:
             for q in range(K):
-                c = wait_at_least(board, sync[q], wnd, spin_cycles, max_sleeps)
+                c = wait_at_least(board, sync[q], wnd, spin_cycles, timeout_cycles)
                 if c < 0:
                     return -1 - q
                 waited[0] += c
@@ -338,6 +408,7 @@ class Bridge:
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self.sent_bytes = 0
+        self._slice = int(0.1e6 * cycles_per_us())
 
     def listen(self, host: str) -> tuple[str, int]:
         self._server = socket.create_server((host, 0))
@@ -371,7 +442,7 @@ class Bridge:
         try:
             while not self._stop.is_set():
                 for q in self.local:
-                    while wait_at_least(words, lay.sync[q], w + 1, 0, 5000) < 0:  # 0.1 s slices
+                    while wait_at_least(words, lay.sync[q], w + 1, 0, self._slice) < 0:  # 0.1 s slices
                         if self._stop.is_set() or words[ABORT]:
                             return
                 for q in self.local:

@@ -294,13 +294,13 @@ class Partition:
         done = np.zeros(1, np.int64)
         waited = np.zeros(1, np.int64)
         parts, left = [], n_windows
-        max_sleeps = int(timeout_s / 20e-6)
+        timeout_cycles = int(timeout_s * 1e6 * x.cycles_per_us())
         spin_cycles = int(spin_us * x.cycles_per_us())
         while left > 0:
             m = x.run_board(left, self.window, self.step, self.layout.pops, self.pidx, self.lo, self.v, self.ge,
                             self.gi, self.de, self.di, self.refr, self.rng, self.buf, self.indptr, self.tgt, self.w,
                             self.dch, self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons,
-                            self.fired, board.words, me, board.layout.slots, board.layout.sync, spin_cycles, max_sleeps,
+                            self.fired, board.words, me, board.layout.slots, board.layout.sync, spin_cycles, timeout_cycles,
                             chunk, done, waited)
             if m < 0:
                 raise x.ExchangeStalled(-1 - m, self.step // self.window + int(done[0]), me)
