@@ -874,7 +874,10 @@ def cluster(args, result: dict) -> None:
     import ray
 
     if not (args.skip_exchange and args.skip_partitions and args.skip_nest and args.skip_microcircuit):
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # a niced benchmark nices Ray's own daemons too: on a loaded machine they miss heartbeats
+        # for more than the default 15 s and the node is declared dead; allow 5 minutes
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _system_config={"health_check_failure_threshold": 100})
     try:
         if not args.skip_exchange:
             print("exchange cost per window, 2 partitions (threads, Ray actors) ...", flush=True)
