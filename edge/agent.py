@@ -536,9 +536,10 @@ class Link:
                 spool.rebase(acked + 1)  # a restarted robot continues its stream
             if acked >= spool.next_seq:
                 raise LinkError(f"welcome acknowledges {acked}, beyond the last message made ({spool.next_seq - 1})")
+            if not self.welcomed:  # a second welcome (to a hello sent twice while waiting) is no new connect
+                self.stats["connects"] += 1
             self.welcomed = True
             self.stats["state"] = "up"
-            self.stats["connects"] += 1
             spool.ack(acked)
             self.stats["acked"] = spool.acked
             self.send_from = spool.acked + 1
