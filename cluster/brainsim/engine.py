@@ -122,9 +122,12 @@ class Simulation:
     def _build_ray(self, ranges) -> None:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
         from cluster.brainsim.actor import PartitionActor
+        from pipeline.executors.session import connect
+
+        # the one helper every Ray user here calls: joins `address` (or RAY_ADDRESS) without
+        # num_cpus, or starts a local session; `close` leaves what it did not start
+        self._session = connect(self.address)
 
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < self.actors:  # the partitions wait on each other: all must run at once
@@ -145,11 +148,11 @@ class Simulation:
             calls.append(self.parts[members[0]].attach.remote(path, board, bridge))
             calls += [self.parts[i].attach.remote(path, board, None) for i in members[1:]]
         got = ray.get(calls)
-        if len(groups) > 1:
+        if len(groups) > 1:  # each node's bridge listens for every other node's windows
             firsts = [members[0] for members in groups]
             it = iter(got)
             for g, members in enumerate(groups):
-                addresses[g] = next(it)
+                addresses[g] = next(it)  # {peer group: spec of the channel g reads that peer from}
                 for _ in members[1:]:
                     next(it)
             ray.get([self.parts[i].connect.remote(addresses) for i in firsts])
@@ -318,6 +321,10 @@ class Simulation:
                     pass
         for pool in self._pools:
             pool.shutdown(wait=True)
+        from pipeline.executors.session import disconnect
+
+        disconnect(getattr(self, "_session", None))
+        self._session = None
         if self._board is not None:
             self._board.close()
             self._board = None

@@ -15,8 +15,9 @@ sleeps 20 us at a time; it gives up after `timeout_s` or when the board's abort 
 set, and the partition's call returns -1 (the caller names who did not publish).
 
 Partitions on other nodes appear on a node's board through a bridge (see `Bridge`): it
-copies local partitions' windows to the peers' boards over TCP and publishes the remote
-partitions' windows on the local board, so the Numba loop is the same on one node or many.
+copies local partitions' windows to the peers' boards through `pipeline.netchan` (TCP)
+and publishes the remote partitions' windows on the local board, so the Numba loop is the
+same on one node or many.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from __future__ import annotations
 import mmap
 import os
 import platform
-import socket
-import struct
 import threading
 import time
 import uuid
@@ -386,57 +385,70 @@ class Board:
                 pass
 
 
-_HEAD = struct.Struct("<qqq")  # window, partition, spike count
+class _Stopped(Exception):
+    """The bridge is closing: leave a blocked send or receive."""
 
 
 class Bridge:
-    """Carries windows between the boards of different nodes over TCP (one per node).
+    """Carries windows between the boards of different nodes (one bridge per node).
 
-    A sender thread waits for each window of the node's own partitions and sends their
-    slots to every other node's bridge; a receiver thread per peer writes the windows it
-    gets into the remote partitions' slots of this node's board and publishes them there.
-    Both rules of the board hold: a remote window w is written only after every partition
-    has published w-1 (the sender of w needed it), so nobody still reads slot w-2.
+    The transport is `pipeline.netchan` (the socket channel of `ray-shm`'s cross-node
+    edges): one channel per ordered pair of nodes. A sender thread waits for each window of
+    the node's own partitions and sends their slots, one Arrow batch of keys per partition,
+    to every other node; a receiver thread per peer writes the windows it gets into the
+    remote partitions' slots of this node's board and publishes them there. Both rules of
+    the board hold: a remote window w is written only after every partition has published
+    w-1 (its sender needed it), so nobody still reads slot w-2.
     """
 
     def __init__(self, board: Board, groups: list[list[int]], group: int):
         self.board, self.groups, self.group = board, groups, group
         self.local = groups[group]
-        self._server: socket.socket | None = None
-        self._out: list[socket.socket] = []
+        self.peers = [g for g in range(len(groups)) if g != group]
+        self._listeners: dict = {}
+        self._out: list = []
+        self._in: list = []
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self.sent_bytes = 0
         self._slice = int(0.1e6 * cycles_per_us())
 
-    def listen(self, host: str) -> tuple[str, int]:
-        self._server = socket.create_server((host, 0))
-        self._server.listen(len(self.groups))
-        return host, self._server.getsockname()[1]
+    def listen(self, host: str) -> dict:
+        """Listen for each peer's windows; returns {peer group: channel spec} for the driver."""
+        from pipeline import netchan
 
-    def connect(self, peers: dict) -> None:
-        """Connect to every other node's bridge (`{group: (host, port)}`) and accept theirs."""
-        for g, (host, port) in sorted(peers.items()):
-            if int(g) == self.group:
-                continue
-            s = socket.create_connection((host, port), timeout=30)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s.settimeout(None)
-            self._out.append(s)
-        for _ in range(len(self.groups) - 1):
-            self._server.settimeout(30)
-            conn, _addr = self._server.accept()
-            conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            t = threading.Thread(target=self._receive, args=(conn,), daemon=True, name="brainsim-bridge-in")
+        specs = {}
+        for g in self.peers:
+            sock, spec = netchan.listen(f"brainsim-{g}-to-{self.group}", host)
+            self._listeners[g] = (sock, spec)
+            specs[g] = spec
+        return specs
+
+    def connect(self, specs: dict) -> None:
+        """Open a channel to every peer (`specs[h][g]`: where h reads g's windows) and accept theirs."""
+        from pipeline import netchan
+
+        for h in self.peers:
+            self._out.append(netchan.open_channel(specs[h][self.group], "w", capacity=64))
+        for g in self.peers:
+            sock, spec = self._listeners[g]
+            chan = netchan.open_channel(spec, "r", listener=sock)
+            self._in.append(chan)
+            t = threading.Thread(target=self._receive, args=(chan,), daemon=True, name="brainsim-bridge-in")
             t.start()
             self._threads.append(t)
         t = threading.Thread(target=self._send, daemon=True, name="brainsim-bridge-out")
         t.start()
         self._threads.append(t)
 
+    def _idle(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped
+
     def _send(self) -> None:
+        import pyarrow as pa
+
         lay, words = self.board.layout, self.board.words
         w = 0
         try:
@@ -445,56 +457,48 @@ class Bridge:
                     while wait_at_least(words, lay.sync[q], w + 1, 0, self._slice) < 0:  # 0.1 s slices
                         if self._stop.is_set() or words[ABORT]:
                             return
+                items = []
                 for q in self.local:
                     base = lay.slots[q, w & 1]
-                    c = int(words[base])
-                    msg = _HEAD.pack(w, q, c) + words[base + 1:base + 1 + c].tobytes()
-                    for s in self._out:
-                        s.sendall(msg)
-                    self.sent_bytes += len(msg) * len(self._out)
+                    keys = words[base + 1:base + 1 + int(words[base])]
+                    items.append((f"partition-{q}", "spikes", pa.record_batch([pa.array(keys)], names=["key"]), w, 0))
+                    self.sent_bytes += 8 * len(keys) * len(self._out)
+                for chan in self._out:
+                    chan.send(w, False, items, idle=self._idle)
                 w += 1
-        except OSError as exc:
+        except _Stopped:
+            return
+        except Exception as exc:  # noqa: BLE001 - a lost peer: stop every partition of this node
             if not self._stop.is_set():
                 self.error = exc
                 self.board.abort()
 
-    def _receive(self, conn: socket.socket) -> None:
+    def _receive(self, chan) -> None:
         lay, words = self.board.layout, self.board.words
-        head = bytearray(_HEAD.size)
         try:
             while not self._stop.is_set():
-                if not _recv_into(conn, memoryview(head)):
-                    return
-                w, q, c = _HEAD.unpack(head)
-                base = lay.slots[q, w & 1]
-                if c and not _recv_into(conn, memoryview(words[base + 1:base + 1 + c]).cast("B")):
-                    return
-                words[base] = c
-                publish(words, lay.sync[q], w + 1)
-        except OSError as exc:
+                w, _finish, items = chan.recv(idle=self._idle)
+                for node, _port, batch, _seq, _ingest in items:
+                    q = int(node.rsplit("-", 1)[1])
+                    keys = batch.column(0).to_numpy()
+                    base = lay.slots[q, w & 1]
+                    words[base + 1:base + 1 + len(keys)] = keys
+                    words[base] = len(keys)
+                    publish(words, lay.sync[q], w + 1)
+        except _Stopped:
+            return
+        except Exception as exc:  # noqa: BLE001 - a lost peer: stop every partition of this node
             if not self._stop.is_set():
                 self.error = exc
                 self.board.abort()
 
     def close(self) -> None:
         self._stop.set()
-        for s in [*self._out, self._server]:
-            if s is not None:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+        for chan in [*self._out, *self._in]:
+            chan.abort()
         for t in self._threads:
             t.join(timeout=2)
-
-
-def _recv_into(conn: socket.socket, view: memoryview) -> bool:
-    """Fill `view` from `conn`; False when the peer closed the connection first."""
-    got = 0
-    while got < len(view):
-        n = conn.recv_into(view[got:])
-        if n == 0:
-            return False
-        got += n
-    return True
+        for chan in [*self._out, *self._in]:
+            chan.close()
+        for sock, _spec in self._listeners.values():
+            sock.close()
