@@ -417,6 +417,11 @@ class Link:
         self.sent_max = spool.acked
         self.last_progress = now
         self.resend_wait = o.resend_s
+        # the resend timeout follows the acks' round trip (TCP's smoothed RTT, Karn's rule: no
+        # sample from a resent message): a manager that is slow but alive is not flooded with copies
+        self.srtt: float | None = None
+        self.rto = o.resend_s
+        self.sent_at: dict[int, float] = {}
         self.done_at: float | None = None
         self.rows: list[dict] = []
         self.refused_logged = False
@@ -468,7 +473,8 @@ class Link:
             self.send_from = spool.acked + 1  # go back N: the manager may have lost them
             self.stats["resent"] += 1
             self.last_progress = now
-            self.resend_wait = min(self.resend_wait * 2, 16 * o.resend_s)  # a slow manager is not flooded
+            self.resend_wait = min(self.resend_wait * 2, 16 * self.rto)  # a slow manager is not flooded
+            self.sent_at.clear()
         self.send_from = max(self.send_from, spool.acked + 1)
         room = o.window - (self.send_from - spool.acked - 1)
         if room <= 0:
@@ -482,6 +488,8 @@ class Link:
                 # nothing was in flight: the resend clock starts now, not at the last ack (a robot
                 # sending once a second had resent every message its ack took >1 s - idle - to come)
                 self.last_progress = now
+            if seq > self.sent_max:
+                self.sent_at[seq] = now
             self.send_from = seq + 1
             self.sent_max = max(self.sent_max, seq)
             self.stats["sent"] += 1
@@ -544,13 +552,22 @@ class Link:
             self.stats["acked"] = spool.acked
             self.send_from = spool.acked + 1
             self.sent_max = max(self.sent_max, spool.acked)
-            self.last_progress, self.resend_wait = now, self.o.resend_s
+            self.last_progress, self.resend_wait = now, self.rto
+            self.sent_at.clear()
         elif kind == b"ack":
-            if head["seq"] > self.sent_max:
-                raise LinkError(f"ack of {head['seq']}, never sent (sent up to {self.sent_max})")
-            if head["seq"] > spool.acked:
-                self.last_progress, self.resend_wait = now, self.o.resend_s
-            spool.ack(head["seq"])
+            seq = head["seq"]
+            if seq > self.sent_max:
+                raise LinkError(f"ack of {seq}, never sent (sent up to {self.sent_max})")
+            if seq > spool.acked:
+                sent = self.sent_at.get(seq)
+                if sent is not None:
+                    rtt = now - sent
+                    self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
+                    self.rto = min(max(self.o.resend_s, 4 * self.srtt), 16 * self.o.resend_s)
+                for k in [k for k in self.sent_at if k <= seq]:
+                    del self.sent_at[k]
+                self.last_progress, self.resend_wait = now, self.rto
+            spool.ack(seq)
             self.stats["acked"] = spool.acked
         elif kind == b"nack":
             self.send_from = min(max(head["expect"], spool.acked + 1), spool.next_seq)
