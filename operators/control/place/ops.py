@@ -61,6 +61,9 @@ class EnsembleParams(Params):
     query: Literal["rate", "spiking"] = Field("rate", description="rate-coded drive (fast, not spiking) or an "
                                              "integrate-and-fire run read out from spikes only")
     spike_steps: int = Field(32, ge=1, description="spiking query: simulated steps per frame")
+    model: str | None = Field(None, description="load this model file (operators.control.place.model) instead "
+                              "of training at setup")
+    save_model: str | None = Field(None, description="after training at setup, write the model file here")
     readout: Literal["mean", "max"] = Field("max", description="place score: best neuron or mean of its neurons")
     workers: int = Field(0, ge=0, description="0 = modules in-process, N = N Ray actors")
     removal: bool = Field(True, description="remove hyperactive neurons (calibrated)")
@@ -103,6 +106,9 @@ class PlaceEnsemble(Operator):
 
     def setup(self):
         p = self.params
+        if p.model:
+            self._use(*self._load(p.model))
+            return
         d = dataset(p.n_places, p.seed, p.folder)
         mp = ModuleParams(n_neurons=p.n_neurons, epochs=p.epochs, jitter_px=p.jitter_px, query=p.query,
                           readout=p.readout, spike_steps=p.spike_steps)
@@ -114,6 +120,39 @@ class PlaceEnsemble(Operator):
             win = tracking.Window(p.window_modules, p.places_per_module, refresh_every=p.refresh_every)
             self._win = tracking.calibrated(self._ens, cal, cal_places, win, self._n, p.window_keep, p.sure_precision,
                                             p.lost_false_alarm if p.lost_detector else None, p.removal)
+        if p.save_model:
+            from operators.control.place import model
+
+            model.save(p.save_model, self._ens.modules(), getattr(self._ens, "cut", 10**9), self._win,
+                       {"n_places": p.n_places, "seed": p.seed, "folder": p.folder})
+
+    def _load(self, path: str) -> tuple[Ensemble, tracking.Window | None, int]:
+        """Read and check a model file completely; ModelError (the old model stays) on any fault."""
+        from operators.control.place import model
+        from pipeline.errors import ModelError
+
+        modules, cut, win, _ = model.load(path, SIDE * SIDE)
+        if self.params.search == "window" and win is None:
+            raise ModelError(f"place model '{path}': no windowed-search calibration, and this node has search: window")
+        ens = Ensemble.of(modules)
+        ens.cut = cut
+        return ens, (win if self.params.search == "window" else None), sum(len(m.places) for m in modules)
+
+    def _use(self, ens: Ensemble, win, n: int) -> None:
+        old = self._ens
+        self._ens, self._win, self._n = ens, win, n
+        self._track, self._hist = tracking.Track(), []
+        if old is not None and old is not ens:
+            old.close()
+
+    def swap_model(self, path: str, version: str) -> bool:
+        """Switch to the place model at `path` (see `operators.control.place.model`), loaded and
+        checked completely first; a ModelError keeps the current model. The search track and
+        the sequence history start afresh (place ids may mean other places in the new model)."""
+        ens, win, n = self._load(path)
+        self._use(ens, win, n)
+        self.model_version = version
+        return True
 
     def _scores(self, frames) -> tuple[np.ndarray, np.ndarray]:
         if self._win is None:

@@ -99,7 +99,7 @@ def _graph():
     from pipeline.graph import Graph
 
     return Graph.from_dict({"name": "t", "nodes": {
-        "route": {"op": "place_route", "params": {"n_places": 10, "traversal": "reference"}},
+        "route": {"op": "place_route", "params": {"n_places": 10, "traversal": "query"}},  # held out
         "ens": {"op": "place_ensemble", "inputs": {"in": "route.out"},
                 "params": {"n_places": 10, "places_per_module": 5, "n_neurons": 20, "epochs": 2}},
         "loc": {"op": "localisation", "inputs": {"in": "ens.out"}, "params": {"threshold": 0.0}}}})
@@ -110,7 +110,10 @@ def test_graph_route_to_localiser():
 
     res = run(_graph(), executor="local").results["loc"]
     assert res["frames"] == 10 and res["not_sure"] == 0
-    assert sum(p == i for i, p in enumerate(res["places"])) >= 3  # reference frames mostly found
+    # the held-out query traversal (own appearance, never trained on): 9 of 10 found today; the
+    # same weights with permuted output labels find at most 3 (test_place_model.py), so this bar
+    # fails for a broken model
+    assert sum(p == i for i, p in enumerate(res["places"])) >= 7
 
 
 @pytest.fixture(scope="module")
