@@ -154,3 +154,23 @@ def test_telemetry_folder_is_a_readable_recording(tmp_path, keys, manager, helpe
     stream = report["streams"]["r1.telemetry"]
     assert stream["batches"] == mgr.agents["r1"].received and stream["seq_gaps"] == 0
     assert not report["damage"]
+
+
+def test_a_config_the_robot_cannot_start_shows_why_in_the_status(tmp_path, keys, manager, helpers):
+    mgr, endpoint = manager
+    agent, stop, thread = _start(tmp_path, keys, endpoint, "r1", [])
+    try:
+        helpers.wait_for(lambda: "r1" in mgr.agents, what="r1 to register")
+        # the CLI would refuse this config locally; straight through the admin API it reaches the robot
+        reply = request(manager=endpoint, keys=str(keys), op="deploy",
+                        config={"name": "broken", "nodes": {"a": {"op": "no_such_op"}}}, target="r1")
+        assert reply["ok"]
+        helpers.wait_for(lambda: "no_such_op" in (mgr.agents["r1"].config_error or ""), what="the reason")
+        row = request(manager=endpoint, keys=str(keys), op="status")["agents"][0]
+        assert row["status"] == "config-error" and "config 'broken' rejected" in row["config_error"]
+        console = Console(record=True, width=400)
+        console.print(status_table(request(manager=endpoint, keys=str(keys), op="status")))
+        assert "no_such_op" in console.export_text()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
