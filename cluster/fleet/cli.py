@@ -82,6 +82,7 @@ def cmd_serve(args) -> int:
 
     from cluster.fleet.manager import Manager, ManagerOptions
 
+    _raise_open_files()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     timer = None
@@ -101,6 +102,19 @@ def cmd_serve(args) -> int:
         if timer is not None:
             timer.cancel()
     return 0
+
+
+def _raise_open_files() -> None:
+    """Each robot holds a connection and a telemetry file open: lift the soft limit on open
+    files to the hard one (often 1,024 of 4,096+), so a thousand robots fit one manager."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def cmd_offload(args) -> int:
