@@ -138,19 +138,20 @@ class Evaluator:
 class Pool:
     """Splits a population over `workers` Ray actors (or evaluates locally when 0)."""
 
-    def __init__(self, cfg: EvolveConfig, errors, commands, closed=None):
+    def __init__(self, cfg: EvolveConfig, errors, commands, closed=None, address: str | None = None):
         args = (cfg.layout.model_dump(), errors, commands, cfg.readout, cfg.ridge, closed, cfg.tracking_weight,
                 cfg.hold_weight)
         self.workers = cfg.workers
-        self.started_ray = False
+        self.session = None
         if self.workers == 0:
             self.local = Evaluator(*args)
             return
         import ray
 
-        if not ray.is_initialized():
-            ray.init(num_cpus=max(self.workers, 1), include_dashboard=False, log_to_driver=False)
-            self.started_ray = True
+        from pipeline.executors.session import connect
+
+        # joins a cluster (address, RAY_ADDRESS) or starts a local session sized for the workers
+        self.session = connect(address, num_cpus=max(self.workers, 1))
         env = {"env_vars": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
         actor = ray.remote(num_cpus=1, runtime_env=env)(Evaluator)
         e_ref, c_ref = ray.put(errors), ray.put(commands)
@@ -169,10 +170,11 @@ class Pool:
         if self.workers:
             import ray
 
+            from pipeline.executors.session import disconnect
+
             for a in self.actors:
                 ray.kill(a)
-            if self.started_ray:
-                ray.shutdown()
+            disconnect(self.session)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -182,7 +184,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def evolve(cfg: EvolveConfig, resume: bool = True, progress: bool = True) -> dict:
+def evolve(cfg: EvolveConfig, resume: bool = True, progress: bool = True, address: str | None = None) -> dict:
     """Run (or resume) CMA-ES; write the best model to `cfg.out`; return a report."""
     import cma
 
@@ -227,7 +229,7 @@ def evolve(cfg: EvolveConfig, resume: bool = True, progress: bool = True) -> dic
         from operators.control.fit import scenarios
 
         closed = scenarios(d.closed_loop, d.duration_s, d.seed + 5_000, layout.dt_s, d.plant)
-    pool = Pool(cfg, errors, commands, closed)
+    pool = Pool(cfg, errors, commands, closed, address=address)
     t0 = time.perf_counter()
     stopped = "generations"
     bar = None
@@ -303,7 +305,7 @@ def _cmd_evolve(args) -> int:
     if args.out is not None:
         overrides.append(f"out={args.out}")
     cfg = load_config(args.config, overrides)
-    report = evolve(cfg, resume=not args.fresh, progress=not args.quiet)
+    report = evolve(cfg, resume=not args.fresh, progress=not args.quiet, address=args.address)
     Console().print_json(json.dumps(report, default=float))
     return 0
 
@@ -316,6 +318,8 @@ def register(subparsers) -> None:
     p.add_argument("config", help="YAML file with an 'evolve:' mapping (configs/blimp_evolve.yaml)")
     p.add_argument("--generations", type=int, help="override cma.generations")
     p.add_argument("--workers", type=int, help="Ray actors (0 = in-process)")
+    p.add_argument("--address", help="join this running Ray cluster (HOST:PORT or auto; default RAY_ADDRESS, "
+                   "else a local session starts)")
     p.add_argument("--out", help="where to write the evolved model JSON")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

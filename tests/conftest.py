@@ -12,7 +12,8 @@ def ray_session():
     from pipeline.executors.actors import remove_leaked_semaphores, shm_semaphores
 
     before = shm_semaphores()  # what compiled graphs leave in /dev/shm goes with the session
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a session of its own, not a cluster another test (or `ray start`) has up on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:

@@ -73,3 +73,6 @@ def load_vendor_backends() -> None:
     """Register the vendor adapters (they say themselves whether they can run)."""
     for cls in (SinabsBackend, LavaBackend):
         register_backend(cls)
+
+
+load_vendor_backends()  # imported through the `reflexarc.devices` entry point: register on import

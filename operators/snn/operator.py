@@ -7,14 +7,13 @@ a decision is emitted on `commands` when the decoded confidence passes `early_ex
 (dynamic-confidence early exit), when the activity stops, or after `max_steps`. The row
 holds the class, its confidence, the steps used and every class score.
 
-The network runs on a device backend chosen by name (`edge.devices`: `torch-cpu`,
+The network runs on a device backend chosen by name (`operators.snn.devices`, backends in `edge.devices`: `torch-cpu`,
 `torch-cuda`, `neuromorphic-emulator`, vendor SDKs); backends are looked up by name at
 setup, like operators, so this module imports only `pipeline`.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from operators.snn.devices import backend
 from pipeline import schemas as sch
 from pipeline.errors import ConfigError, ModelError, ReflexarcError, SchemaError
 from pipeline.operator import Operator, Params, register
@@ -53,7 +53,7 @@ def fit_hint(got: tuple, want: tuple) -> str:
 
 class SnnParams(Params):
     model: str | None = Field(None, description="NIR file; default: the shipped gesture model")
-    device: str = Field("torch-cpu", description="device backend (edge.devices)")
+    device: str = Field("torch-cpu", description="device backend (registered through reflexarc.devices)")
     device_options: dict = Field(default_factory=dict, description="backend options, e.g. {chip: loihi}")
     state_per: Literal["stream", "shared"] = Field("stream", description="one network state per input stream")
     early_exit: float | None = Field(0.9, gt=0, le=1, description="decide once confidence reaches this")
@@ -112,8 +112,7 @@ class Snn(Operator):
             raise SchemaError(f"model '{model_path(self.params)}' outputs shape {net.output_shape}; "
                               "class scores need a 1-D output")
         labels = self._labels(meta, net.output_shape[0])
-        devices = importlib.import_module("edge.devices")  # plug-in lookup by name
-        devices.backend(self.params.device)  # unknown or unavailable: a ConfigError now, not at run time
+        backend(self.params.device)  # unknown or unavailable: a ConfigError now, not at run time
         self._net, self._meta = net, meta
         return {"commands": self._schema(labels)}
 
@@ -136,8 +135,7 @@ class Snn(Operator):
     def setup(self):
         if self._net is None:
             self._net, self._meta = self._load()
-        devices = importlib.import_module("edge.devices")  # plug-in lookup by name
-        self._backend = devices.backend(self.params.device)(self._net, delta=self.params.delta,
+        self._backend = backend(self.params.device)(self._net, delta=self.params.delta,
                                                             **self.params.device_options)
         self.labels = self._labels(self._meta, self._net.output_shape[0])
         self.schema = self._schema(self.labels)
@@ -224,15 +222,14 @@ class Snn(Operator):
         for name, value in net.state_dict().items():
             if value.is_floating_point() and not bool(value.isfinite().all()):
                 raise ModelError(f"{where}: parameter '{name}' holds NaN or infinite values")
-        devices = importlib.import_module("edge.devices")
         try:
-            backend = devices.backend(self.params.device)(net, delta=self.params.delta, **self.params.device_options)
-            y, _ = backend.run(np.zeros((1, *net.input_shape), np.float32), backend.initial_state())
+            backend_ = backend(self.params.device)(net, delta=self.params.delta, **self.params.device_options)
+            y, _ = backend_.run(np.zeros((1, *net.input_shape), np.float32), backend_.initial_state())
         except Exception as exc:
             raise ModelError(f"{where} fails on a blank frame: {type(exc).__name__}: {exc}") from None
         if not np.all(np.isfinite(np.asarray(y))):
             raise ModelError(f"{where} gives non-finite scores on a blank frame")
-        self._net, self._meta, self._backend = net, meta, backend  # the switch: between two batches
+        self._net, self._meta, self._backend = net, meta, backend_  # the switch: between two batches
         self.max_steps = self.params.max_steps or int(meta.get("steps", 20))
         for s in self.streams.values():
             if s["phase"] == "active":

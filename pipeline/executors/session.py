@@ -40,34 +40,52 @@ def resolve_address(address: str | None = None, config: dict | None = None) -> s
     return os.environ.get("RAY_ADDRESS") or None
 
 
-@contextmanager
-def ray_session(address: str | None = None, *, config: dict | None = None, num_cpus: int | None = None,
-                log_to_driver: bool = False) -> Iterator[Session]:
+def connect(address: str | None = None, *, config: dict | None = None, num_cpus: int | None = None,
+            log_to_driver: bool = False) -> Session:
     """Use the running Ray session, join the cluster at `address`, or start a local one.
 
-    `num_cpus` sizes a local session only (default: this machine's cores).
+    For callers that hold the session across calls (a simulation's build and close);
+    pair with `disconnect`. `num_cpus` sizes a local session only (default: this
+    machine's cores).
     """
     import ray
 
     if ray.is_initialized():
-        yield Session(None, started=False, local=False)
-        return
+        return Session(None, started=False, local=False)
     target = resolve_address(address, config)
     # a Ray error that this process survived must not print a traceback block later on
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     try:
         if target:
             ray.init(address=target, include_dashboard=False, log_to_driver=log_to_driver)
-        else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False, log_to_driver=log_to_driver)
+        else:  # "local": never the cluster a `ray start` on this machine left in /tmp/ray (Ray's default)
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
+                     log_to_driver=log_to_driver)
     except ConnectionError as exc:
         raise ClusterError(f"cannot join the Ray cluster at '{target}': {exc}") from None
     except ValueError as exc:  # malformed address, or options a joined cluster refuses
         raise ConfigError(f"ray address '{target}': {exc}") from None
-    try:
-        yield Session(target, started=True, local=target is None)
-    finally:
+    return Session(target, started=True, local=target is None)
+
+
+def disconnect(session: Session | None) -> None:
+    """Undo `connect`: shut down a local session it started, leave a cluster it joined
+    (the cluster runs on), and leave alone a session that was already up."""
+    if session is not None and session.started:
+        import ray
+
         ray.shutdown()
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, config: dict | None = None, num_cpus: int | None = None,
+                log_to_driver: bool = False) -> Iterator[Session]:
+    """`connect` for the length of a `with` block."""
+    session = connect(address, config=config, num_cpus=num_cpus, log_to_driver=log_to_driver)
+    try:
+        yield session
+    finally:
+        disconnect(session)
 
 
 def alive_nodes() -> list[dict]:
