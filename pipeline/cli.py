@@ -27,11 +27,32 @@ from pipeline.run import EXECUTORS
 log = logging.getLogger("reflexarc")
 
 
+# files that `reflexarc inspect` describes (sensor recordings, our recordings)
+_DATA_SUFFIXES = {".aedat4", ".aedat", ".raw", ".dat", ".evt", ".arrow", ".arrows", ".mcap", ".edf", ".bdf",
+                  ".tif", ".tiff", ".h5", ".hdf5", ".npy", ".npz"}
+
+
+def _file_kind(path) -> tuple[str, object] | None:
+    """(suffix, loader) for a file that is not YAML but one a `reflexarc.file_kinds` entry point
+    loads (e.g. a `.nir` model); ConfigError naming `inspect` for data files and folders."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"is a folder, not a config: describe a recording with `reflexarc inspect {p}`", str(p))
+    suffix = p.suffix.lower()
+    for ep in entry_points(group="reflexarc.file_kinds", name=suffix.lstrip(".")):
+        return suffix, ep.load()
+    if suffix in _DATA_SUFFIXES:
+        raise ConfigError(f"is a data file, not a config: describe it with `reflexarc inspect {p}`", str(p))
+    return None
+
+
 def _config_kind(path) -> tuple[str, object] | None:
     """(kind, checker) for a config that is not a pipeline, from the `reflexarc.config_kinds`
     entry points: a file without `nodes:` whose top-level key names a kind (e.g. `evolve:`)."""
     from pipeline.graph import read_yaml
 
+    if _file_kind(path) is not None:
+        return None
     data = read_yaml(path)
     if not isinstance(data, dict) or "nodes" in data:
         return None
@@ -44,6 +65,8 @@ def _config_kind(path) -> tuple[str, object] | None:
 def _graph(args):
     from pipeline.graph import Graph
 
+    if _file_kind(args.config) is not None:
+        raise ConfigError(f"is not a pipeline config (`reflexarc validate {args.config}` checks it)", str(args.config))
     kind = _config_kind(args.config)
     if kind is not None:
         raise ConfigError(f"is an `{kind[0]}:` config, not a pipeline: run it with "
@@ -112,6 +135,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    file_kind = _file_kind(args.config)
+    if file_kind is not None:  # e.g. a NIR model: loaded the way a run would load it
+        loaded = file_kind[1](args.config)
+        facts = ", ".join(f"{k} {getattr(loaded, k)}" for k in ("input_shape", "output_shape") if hasattr(loaded, k))
+        print(f"ok: '{args.config}' loads as a {type(loaded).__name__}" + (f" ({facts})" if facts else ""))
+        return 0
     kind = _config_kind(args.config)
     if kind is not None:  # e.g. an evolution config: its own command's reader checks it
         name, check = kind

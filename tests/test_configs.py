@@ -170,3 +170,21 @@ def test_a_sensor_the_model_does_not_fit_names_the_operators_that_would(tmp_path
     cfg["nodes"]["frames"]["inputs"] = {"in": "shrink.out"}
     graph = Graph.from_dict(cfg, overrides=sets)
     assert graph.schemas[("frames", "out")] is not None
+
+
+def test_validate_checks_a_nir_model_and_points_data_to_inspect(tmp_path, capsys):
+    model = Path(__file__).resolve().parents[1] / "operators" / "snn" / "models" / "gesture.nir"
+    rc, text = _validate(model, capsys)
+    assert rc == 0 and "input_shape (2, 64, 64)" in text, text
+    bad = tmp_path / "broken.nir"
+    bad.write_text("not hdf5")
+    rc, text = _validate(bad, capsys)
+    assert rc != 0 and "not a readable NIR file" in text, text
+    rc = cli_main(["run", str(model)])
+    assert rc == 2 and "reflexarc validate" in capsys.readouterr().err
+    data = tmp_path / "clip.aedat4"
+    data.write_bytes(b"")
+    rc, text = _validate(data, capsys)
+    assert rc == 2 and "reflexarc inspect" in text, text
+    rc, text = _validate(tmp_path, capsys)
+    assert rc == 2 and "reflexarc inspect" in text, text
