@@ -33,6 +33,7 @@ from edge.spool import Spool
 from edge.watchdog import Watchdog
 from pipeline import schemas as sch
 from pipeline.errors import ConfigError, LinkError, ModelError
+from pipeline.executors.local import WaveHooks
 from pipeline.operator import Operator, Source
 
 log = logging.getLogger(__name__)
@@ -223,9 +224,8 @@ class Agent:
         self.shadows = {}
 
     def _run_pipeline(self, config):
-        from pipeline.feed import Feed
+        from pipeline.executors.local import LocalExecutor
         from pipeline.graph import Graph
-        from pipeline.stage import Stage
 
         try:
             if isinstance(config, str | Path):
@@ -241,51 +241,15 @@ class Agent:
             self._config_failed(config, exc)
             return None
         self.version, self.config_error = config_version(data), None
-        feed = Feed(graph)
-        stage = Stage(graph, [n for n in graph.order if not graph.nodes[n].is_source])
-        ops = [s.op for s in feed.sources] + list(stage.ops.values())
-        self.watchdog = Watchdog([op for op in ops if op.actuator], self.o.deadline_ms)
-        switch_to = None
+        waves = _AgentWaves(self)
         self.status = "running"
-        last = time.perf_counter()
         try:
-            stage.setup()
-            feed.setup()
-            self._started(ops)
-            self.watchdog.start()
-            for _, items in feed:
-                while not self.commands.empty():
-                    switch_to = self._apply(*self.commands.get_nowait(), ops) or switch_to
-                if self.stop.is_set() or switch_to is not None:
-                    break
-                t0 = time.perf_counter()
-                stage.step(items)
-                now = time.perf_counter()
-                self.watchdog.beat()
-                s = self.stats
-                s["step"] += 1
-                s["latency_ms"] = (now - t0) * 1e3
-                s["loop_hz"] = 0.9 * s["loop_hz"] + 0.1 / max(now - last, 1e-6)
-                last = now
-                if s["step"] % 16 == 0:
-                    self._count(feed, stage)
-            else:
-                stage.finish([])
-            self._count(feed, stage)
-            self.results = stage.results()
-            self.status = "done" if switch_to is None and not self.stop.is_set() else self.status
+            LocalExecutor().run(graph, hooks=waves)  # the local executor's loop, with the agent between waves
+            self.status = "done" if waves.switch_to is None and not self.stop.is_set() else self.status
         except Exception as exc:
-            self.watchdog.trip(f"stage failed: {exc}")
             self.errors.append(str(exc))
             self.status = "failed"
-            self.results = stage.results()
-        finally:
-            self._end_shadows()
-            self.watchdog.stop()
-            self.stats["safe_states"] += self.watchdog.trips
-            for e in feed.close() + stage.close():
-                self.errors.append(str(e))
-        return switch_to
+        return waves.switch_to
 
     def _config_failed(self, config, exc) -> None:
         where = f"config '{config}'" if isinstance(config, str | Path) else f"config '{_name_of(config)}'"
@@ -604,3 +568,55 @@ def config_version(data: dict) -> str:
     """`NAME@digest` of a pipeline config, the version the fleet table shows."""
     digest = hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{data.get('name', 'pipeline') if isinstance(data, dict) else 'pipeline'}@{digest}"
+
+
+class _AgentWaves(WaveHooks):
+    """What the agent does between waves of the local executor: applies the manager's
+    commands (model swaps, a new config, a stop), beats the watchdog, keeps loop stats."""
+
+    def __init__(self, agent: Agent):
+        self.agent = agent
+        self.switch_to = None
+        self.ops: list = []
+        self.last = time.perf_counter()
+
+    def started(self, run) -> None:
+        a = self.agent
+        self.ops = [s.op for s in run.feed.sources] + list(run.ops.values())
+        a.watchdog = Watchdog([op for op in self.ops if op.actuator], a.o.deadline_ms)
+        a._started(self.ops)
+        a.watchdog.start()
+        self.last = time.perf_counter()
+
+    def between(self, run) -> bool:
+        a = self.agent
+        while not a.commands.empty():
+            self.switch_to = a._apply(*a.commands.get_nowait(), self.ops) or self.switch_to
+        return a.stop.is_set() or self.switch_to is not None
+
+    def after(self, run, wave_s: float) -> None:
+        a = self.agent
+        now = time.perf_counter()
+        a.watchdog.beat()
+        s = a.stats
+        s["step"] += 1
+        s["latency_ms"] = wave_s * 1e3
+        s["loop_hz"] = 0.9 * s["loop_hz"] + 0.1 / max(now - self.last, 1e-6)
+        self.last = now
+        if s["step"] % 16 == 0:
+            a._count(run.feed, run.stage)
+
+    def ended(self, run, error) -> None:
+        a = self.agent
+        if error is not None and a.watchdog is not None:
+            a.watchdog.trip(f"stage failed: {error}")
+        a._count(run.feed, run.stage)
+        a.results = run.stage.results()
+        a._end_shadows()
+        if a.watchdog is not None:
+            a.watchdog.stop()
+            a.stats["safe_states"] += a.watchdog.trips
+
+    def closed(self, run, errors: list) -> list:
+        self.agent.errors.extend(str(e) for e in errors)  # reported to the manager, not a failed run
+        return []

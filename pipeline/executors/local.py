@@ -36,6 +36,10 @@ class WaveHooks:
     def ended(self, run: LocalRun, error: BaseException | None) -> None:
         """Once, after the last wave or the error that stopped the run, before `close`."""
 
+    def closed(self, run: LocalRun, errors: list) -> list:
+        """What operators' `close` raised; return those the run should still fail with."""
+        return errors
+
 
 class LocalRun:
     """A graph's sources and operators in this process, stepped one wave at a time."""
@@ -106,7 +110,7 @@ class LocalExecutor(Executor):
             try:
                 hooks.ended(run, error)
             finally:
-                errors = run.close()
+                errors = hooks.closed(run, run.close())
         if errors:
             raise errors[0]
         return Outcome(run.results(), run.snapshots())
