@@ -484,7 +484,8 @@ class RayExecutor(Executor):
         timeout = placement_timeout_s or ray_cfg.get("placement_timeout_s") or PLACEMENT_TIMEOUT_S
         semaphores = None
         try:
-            with ray_session(address, config=graph.config, num_cpus=num_cpus) as session:
+            # log_to_driver: what sinks print in their actors (commands, gestures) reaches the user
+            with ray_session(address, config=graph.config, num_cpus=num_cpus, log_to_driver=True) as session:
                 if session.local and self.name == "ray-compiled":
                     semaphores = shm_semaphores()
                 return self._run(graph, monitor, stop, fuse, float(timeout), options)

@@ -132,3 +132,34 @@ def test_compiled_run_of_its_own_session_leaves_no_semaphores_behind(tmp_path):
 
     left = sorted(n for n in {p.name for p in Path("/dev/shm").glob("sem.*")} - before if dead(n))
     assert not left, left[:4]
+
+
+def test_a_crash_the_runtime_recovered_from_is_one_line_not_a_ray_traceback(tmp_path):
+    marker = tmp_path / "marker"
+    cfg = {
+        "nodes": {
+            "src": {"op": "synthetic", "params": {"duration_s": 0.05, "batch_items": 1000}},
+            "boom": {"op": "crash_once", "inputs": "src", "params": {"at_batch": 5, "marker": str(marker), "mode": "exit"}},
+            "sink": {"op": "count_sink", "inputs": "boom"},
+        }
+    }
+    path = tmp_path / "crash.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    summary = tmp_path / "s.json"
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rx", dir="/tmp"))  # Unix socket paths must stay short
+    code = "import pipeline.testing, sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "run", str(path), "--executor", "ray", "--summary", str(summary)],
+        capture_output=True, text=True, env={**os.environ, "RAY_TMPDIR": str(ray_tmp)}, timeout=240, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert marker.exists()
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("recovered: ")]
+    assert len(lines) == 1 and "stage 'boom' restarted after" in lines[0], proc.stderr[-2000:]
+    assert "Unhandled error" not in proc.stderr and "Traceback" not in proc.stderr
+    result = json.loads(summary.read_text())
+    # every item counted once in the table, across the restart (the checkpoint carries the counts)
+    nodes = {m["node"]: m for m in result["metrics"]}
+    assert nodes["boom"]["items_in"] == nodes["sink"]["items_in"] == result["results"]["sink"]["items"] == 50_000
