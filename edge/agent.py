@@ -2,12 +2,15 @@
 
 Two threads. The loop thread pushes the pipeline wave by wave (the local executor's
 `Feed` and `Stage`), beats the watchdog, and between two waves applies what the manager
-asked for: a new model version (`op.swap_model(path, version)` on every operator that has
-it), a new config, or a stop. The link thread owns the DEALER socket: hello and
-heartbeats, telemetry from the spool (go-back-N with cumulative acks, so after any
-outage everything arrives once and in order), and commands in. The loop never waits
-on the link: with the manager gone the robot keeps sensing and acting, and telemetry
-piles up in the spool (bounded RAM, then disk).
+asked for: a new model version (`op.swap_model(path, version)` on every node that takes
+a model; a node checks the model before it switches, and when it refuses, the old one
+stays and the reason goes to the manager), a candidate run in shadow for a canary
+(`edge.shadow`), a new config, or a stop. The link thread (`Link`) owns the DEALER
+socket: hello and heartbeats, telemetry from the spool (go-back-N with cumulative acks,
+so after any outage everything arrives once and in order), and commands in, each checked
+before use; received model files go to a content-hash store (`edge.model_store`). The loop
+never waits on the link: with the manager gone the robot keeps sensing and acting, and
+telemetry piles up in the spool (bounded RAM, then disk).
 """
 
 from __future__ import annotations
