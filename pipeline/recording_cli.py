@@ -220,7 +220,9 @@ def cmd_replay(args) -> int:
         console.print(f"muted actuator [bold]{node}[/] (shadow run: its commands are recorded, never sent)")
     if notes.get("dropped_record"):
         console.print("the config's own `record:` was ignored (use --record OUT to record the replay)")
-    Console().print(table(result.metrics, title=f"replay of {args.recording} ({result.executor}, {result.wall_s:.2f} s)"))
+    from pipeline.metrics import console as table_console
+
+    table_console().print(table(result.metrics, title=f"replay of {args.recording} ({result.executor}, {result.wall_s:.2f} s)"))
     if out["recorded"]:
         console.print(f"recorded into {out['recorded']}")
     if notes.get("foxglove"):

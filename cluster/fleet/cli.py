@@ -138,15 +138,15 @@ def cmd_offload(args) -> int:
 def cmd_status(args) -> int:
     import json
 
-    from rich.console import Console
-
     from cluster.fleet.admin import request, status_table
 
     if args.json:
         print(json.dumps(request(args.manager, args.keys, "status"), indent=2))
         return 0
     if not args.watch:
-        Console().print(status_table(request(args.manager, args.keys, "status")))
+        from pipeline.metrics import console as table_console  # full width when piped
+
+        table_console().print(status_table(request(args.manager, args.keys, "status")))
         return 0
     from rich.live import Live
 
