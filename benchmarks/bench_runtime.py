@@ -3,11 +3,18 @@
 Run: .venv/bin/python benchmarks/bench_runtime.py [--quick]   -> benchmarks/results/runtime.json
 
 Peers measured in the same run on the same payloads (1 k and 64 k events per batch):
-plain Ray actor calls (ray.get per hop), Ray Compiled Graphs, and dora-rs (bench_dora.py,
+plain Ray actor calls (a chain of actor calls passing references), Ray Compiled Graphs,
+and dora-rs (bench_dora.py,
 run from here in its own processes after Ray has shut down). Ratios are in each payload's
 `ratios`. Per-hop latency of our
-executors is the slope of sink latency over chain length (1 hop vs 4 hops), so the
-source's own cost cancels out.
+executors and of the Ray peers is the slope of latency over chain length (1 hop vs 4
+hops), so the source's and the driver's own cost cancel out.
+
+`cross_node`: the same on a real two-node Ray cluster started on this machine (a head and
+a worker): ray-shm with every stage on one node (shared-memory rings) against every hop
+crossing nodes (the socket channel; both nodes share this machine, so it is a TCP socket
+over loopback, not a network), plain Ray calls and a bare Compiled Graph placed the same
+ways. `--only-cross-node` runs that section alone.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import ray
 from pipeline import Graph, run
 from pipeline import schemas as sch
 from pipeline.executors.actors import remove_leaked_semaphores, shm_semaphores
+from pipeline.graph import Placement
 from pipeline.testing import ListSource
 
 
@@ -99,29 +107,38 @@ class Hop:
         return x
 
 
-def plain_ray(batches) -> dict:
-    actors = [Hop.remote() for _ in range(4)]
+def _chained(actors, b):
+    r = b
+    for a in actors:
+        r = a.f.remote(r)
+    return r
+
+
+def plain_ray(batches, actors=None) -> dict:
+    """Plain Ray actor calls measured as ours are: per hop = slope of round-trip latency from
+    1 to 4 chained actors (each passes the batch's reference on), batches GAP_S apart."""
+    own = actors is None
+    actors = actors or [Hop.remote() for _ in range(4)]
     ray.get([a.f.remote(1) for a in actors])
-    times = []
-    for b in batches:
-        time.sleep(GAP_S)
-        t0 = time.perf_counter()
-        ray.get(actors[0].f.remote(b))
-        times.append(time.perf_counter() - t0)
+    lat = {}
+    for hops in (1, 4):
+        times = []
+        for b in batches:
+            time.sleep(GAP_S)
+            t0 = time.perf_counter()
+            ray.get(_chained(actors[:hops], b))
+            times.append(time.perf_counter() - t0)
+        lat[hops] = np.percentile(np.array(times) * 1e3, [50, 99])
     # throughput: pipelined refs through 4 actors
     t0 = time.perf_counter()
-    refs = []
-    for b in batches:
-        r = b
-        for a in actors:
-            r = a.f.remote(r)
-        refs.append(r)
-    ray.get(refs)
+    ray.get([_chained(actors, b) for b in batches])
     wall = time.perf_counter() - t0
-    for a in actors:
-        ray.kill(a)
-    ms = np.array(times) * 1e3
-    return {"per_hop_p50_ms": float(np.percentile(ms, 50)), "per_hop_p99_ms": float(np.percentile(ms, 99)),
+    if own:
+        for a in actors:
+            ray.kill(a)
+    per_hop = (lat[4] - lat[1]) / 3
+    return {"per_hop_p50_ms": float(max(per_hop[0], 0.0)), "per_hop_p99_ms": float(max(per_hop[1], 0.0)),
+            "round_trip_1_actor_p50_ms": float(lat[1][0]), "round_trip_4_actors_p50_ms": float(lat[4][0]),
             "chain4_events_per_s": sum(b.num_rows for b in batches) / wall}
 
 
@@ -135,9 +152,9 @@ def _compiled_chain(actors):
     return node.experimental_compile(_buffer_size_bytes=8 << 20)
 
 
-def compiled_ray(batches) -> dict:
+def compiled_ray(batches, actors=None) -> dict:
     """Bare Ray Compiled Graph: per hop = slope of round-trip latency from 1 to 4 actors."""
-    actors = [Hop.remote() for _ in range(4)]
+    actors = actors or [Hop.remote() for _ in range(4)]
     lat = {}
     wall = None
     for hops in (1, 4):
@@ -187,6 +204,76 @@ def run_dora(quick: bool, gap_ms: float) -> dict:
     } | {"version": d.get("dora_version"), "detail": "benchmarks/results/runtime_dora.json"}
 
 
+def placed_chain(batches, hops: int, nodes: list[str], gap_ms: float) -> Graph:
+    """`chain` with stage i (the sink last) pinned to nodes[i % len(nodes)] by node id."""
+    g = chain(batches, hops, gap_ms)
+    stages = [n for n in g.order if n != "src"] if g.order else [f"s{i}" for i in range(hops - 1)] + ["sink"]
+    for i, n in enumerate(stages):
+        g.nodes[n].place = Placement(node=nodes[i % len(nodes)])
+    return g
+
+
+def _per_hop_ratio(row: dict, ours: str, peer: str) -> float | None:
+    x, y = row.get(ours, {}).get("per_hop_p50_ms"), row.get(peer, {}).get("per_hop_p50_ms")
+    return x / y if x is not None and y else None
+
+
+def cross_node(quick: bool) -> dict:
+    """ray-shm on a real two-node Ray cluster on this machine: every hop on one node (rings)
+    against every hop crossing nodes (the socket channel, here a local TCP socket), with plain
+    Ray actor calls and a bare Compiled Graph placed the same ways, per hop as the 1 -> 4 slope."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipeline.testing import MultiNode
+
+    nodes = MultiNode(workers=[{"resources": {"w": 1}}], fast_failure=False)
+    ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False)
+    head, worker = nodes.head_id, nodes.worker_id
+    # the driver is on the head: "same" keeps every stage there, "across" alternates, so each
+    # hop from the driver's source through the sink crosses between the two nodes
+    layouts = {"same_node": [head], "across_nodes": [worker, head]}
+    out: dict = {"nodes": {"head": head, "worker": worker}, "transport_note":
+                 "both Ray nodes run on this one machine: the cross-node channel is a TCP socket over loopback"}
+    try:
+        for n in (1024, 65536):
+            batches = payload(n, 40 if quick else 120)
+            row: dict = {}
+            for name, where in layouts.items():
+                lat = {}
+                for hops in (1, 4):
+                    g = placed_chain(batches, hops, where, GAP_S * 1e3)
+                    res = run(g, "ray-shm")
+                    lat[hops] = res.node("sink")["e2e_latency"]
+                    if hops == 4:
+                        row.setdefault("channels", {})[name] = res.recovery["channels"]
+                per = {k: max(0.0, (lat[4][k] - lat[1][k]) / 3) for k in ("p50_ms", "p99_ms")}
+                row[f"ray_shm_{name}"] = {"per_hop_p50_ms": per["p50_ms"], "per_hop_p99_ms": per["p99_ms"]}
+
+                actors = [Hop.options(scheduling_strategy=NodeAffinitySchedulingStrategy(where[i % len(where)], soft=False))
+                          .remote() for i in range(4)]
+                row[f"peer_plain_ray_{name}"] = plain_ray(batches, actors)
+                try:
+                    row[f"peer_ray_compiled_graph_{name}"] = compiled_ray(batches, actors)
+                except Exception as exc:  # reported, not hidden
+                    row[f"peer_ray_compiled_graph_{name}"] = {"error": str(exc)[:300]}
+                for a in actors:
+                    ray.kill(a)
+
+            row["ratios"] = {
+                "ray_shm_across_vs_same_node": _per_hop_ratio(row, "ray_shm_across_nodes", "ray_shm_same_node"),
+                "ray_shm_across_vs_plain_ray_across": _per_hop_ratio(row, "ray_shm_across_nodes", "peer_plain_ray_across_nodes"),
+                "ray_shm_across_vs_compiled_graph_across": _per_hop_ratio(row, "ray_shm_across_nodes",
+                                                                          "peer_ray_compiled_graph_across_nodes"),
+                "ray_shm_same_vs_plain_ray_same": _per_hop_ratio(row, "ray_shm_same_node", "peer_plain_ray_same_node"),
+            }
+            out[f"{n}_events"] = row
+            print(json.dumps({f"cross_node_{n}": row}, indent=1, default=str))
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+    return out
+
+
 def ratios(row: dict, dora: dict, n: int) -> dict:
     """Ours over each peer (per hop: lower is better; throughput: higher is better)."""
 
@@ -214,12 +301,24 @@ def main() -> None:
     ap.add_argument("--executors", default="local,ray,ray-compiled,ray-shm", help="ours to measure (comma list)")
     ap.add_argument("--gap-ms", type=float, default=GAP_S * 1e3,
                     help="latency runs: ms between batches, for ours and every peer (default 20)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "runtime.json"))
+    ap.add_argument("--out", default=None, help="default results/runtime.json (runtime_quick.json with --quick)")
+    ap.add_argument("--only-cross-node", action="store_true", help="only the two-node section")
+    ap.add_argument("--no-cross-node", action="store_true", help="skip the two-node section")
     args = ap.parse_args()
     rows = args.executors.split(",")
     GAP_S = args.gap_ms / 1e3
+    if args.out is None:
+        args.out = str(Path(__file__).parent / "results" / ("runtime_quick.json" if args.quick else "runtime.json"))
+    if args.only_cross_node:
+        report = {"machine": f"{os.cpu_count()} cores", "load_start": os.getloadavg(), "latency_gap_ms": args.gap_ms,
+                  "cross_node": cross_node(args.quick)}
+        report["load_end"] = os.getloadavg()
+        out = Path(args.out).with_name(Path(args.out).stem + "_cross_node.json")
+        out.write_text(json.dumps(report, indent=2, default=str))
+        print(f"written {out}")
+        return
     semaphores = shm_semaphores()  # the compiled-graph peer and ray-compiled leave some in /dev/shm
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     report = {"machine": f"{os.cpu_count()} cores", "load_start": os.getloadavg(), "latency_gap_ms": args.gap_ms,
               "payloads": {}}
     try:
@@ -250,6 +349,8 @@ def main() -> None:
     finally:
         ray.shutdown()
         remove_leaked_semaphores(semaphores)
+    if not args.no_cross_node:
+        report["cross_node"] = cross_node(args.quick)
     dora = run_dora(args.quick, args.gap_ms)
     report["peer_dora_rs"] = dora
     for n in (1024, 65536):
