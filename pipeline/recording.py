@@ -1014,5 +1014,5 @@ def import_file(path: str | Path, out: str | Path, op: str | None = None, params
     return done
 
 
-from pipeline import replay  # noqa: E402,F401  (registers the replay source; it imports this module)
-from pipeline import foxglove  # noqa: E402,F401  (registers the live viewer's tap, a tap as `record` is)
+# registered with `record`: the replay source (it imports this module) and the live viewer's tap
+from pipeline import foxglove, replay  # noqa: E402,F401
