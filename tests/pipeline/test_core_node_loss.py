@@ -91,13 +91,14 @@ def test_ray_restarts_the_stage_on_another_node_and_loses_nothing(cluster, tmp_p
     assert "stage 'work' restarted on node" in line and f"was {killed[0][:12]}, lost" in line
 
 
-def test_ray_shm_ends_with_one_error_naming_the_node_and_its_stages(cluster, tmp_path):
+@pytest.mark.parametrize("executor", ["ray-shm", "ray-compiled"])
+def test_shm_and_compiled_end_with_one_error_naming_the_node_and_its_stages(cluster, tmp_path, executor):
     before = {d for d in os.listdir("/dev/shm") if d.startswith("reflexarc-shm-")}
     marker = tmp_path / "hung"
     killed: list = []
     watcher = _kill_when_marked(cluster, marker, killed)
     with pytest.raises(ClusterError) as info:
-        run(_graph(_batches(), marker), "ray-shm")
+        run(_graph(_batches(), marker), executor)
     watcher.join(5)
     text = str(info.value)
     assert f"lost Ray node {killed[0]} (stages work)" in text and "does not recover from a lost node" in text
