@@ -203,3 +203,20 @@ def test_a_truncated_or_foreign_file_is_a_clear_error(tmp_path, capsys):
         import_mcap(tmp_path / "not.mcap", tmp_path / "y")
     with pytest.raises(DataError, match="already holds a recording"):
         import_mcap(out, tmp_path / "rec")
+
+
+def test_a_cut_off_recording_exports_its_whole_batches(tmp_path, capsys):
+    import os
+
+    _recording(tmp_path / "rec")
+    f = tmp_path / "rec" / "cam.out.arrow"
+    before = len(list(Recording(tmp_path / "rec").batches("cam.out")))
+    os.truncate(f, f.stat().st_size - 3000)  # into the last batches, as a killed recorder leaves it
+    whole = list(Recording(tmp_path / "rec").batches("cam.out"))
+    assert 0 < len(whole) < before
+    assert main(["export", str(tmp_path / "rec"), "--to", "mcap", str(tmp_path / "cut.mcap")]) == 0
+    assert main(["import", str(tmp_path / "cut.mcap"), "--to", str(tmp_path / "back")]) == 0
+    back = list(Recording(tmp_path / "back").batches("cam.out"))
+    assert len(back) == len(whole)  # every whole batch, nothing of the cut one
+    for x, y in zip(back, whole, strict=True):
+        assert x.equals(y)
