@@ -32,7 +32,16 @@ import pyarrow as pa
 from pipeline import schemas as sch
 from pipeline.errors import DataError
 from pipeline.foxglove import View, topic_of
-from pipeline.recording import MANIFEST, SUFFIX, Recording, _version, mark_failed, write_manifest
+from pipeline.recording import (
+    MANIFEST,
+    SUFFIX,
+    Recording,
+    _version,
+    mark_failed,
+    scan_stream,
+    schema_to_b64,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -237,21 +246,21 @@ def _import_ours(path: Path, out: Path, summary, ours: dict) -> dict:
     streams = dict(m.get("streams") or {})
     for stream in counts:
         entry = dict(streams.get(stream) or {})
-        entry["files"] = [f"{stream}{SUFFIX}"]
-        entry["bytes"] = (out / f"{stream}{SUFFIX}").stat().st_size
+        files = [f"{stream}{SUFFIX}"]
+        info = scan_stream(out, files)  # counts from what came back (a cut-off recording has fewer)
+        schema = info.pop("schema") or pa.ipc.read_schema(pa.py_buffer(summary.schemas[
+            next(ch.schema_id for cid, ch in ours.items() if names[cid] == stream)].data))
+        entry.update({k: info[k] for k in ("batches", "rows", "bytes", "t_start_us", "t_end_us", "first_seq",
+                                           "last_seq", "seq_gaps")})
+        entry.update(files=files, schema_b64=schema_to_b64(schema), kind=sch.kind_of(schema),
+                     fields={f.name: str(f.type) for f in schema})
         streams[stream] = entry
+        counts[stream]["rows"] = info["rows"]
     m["streams"] = {s: streams[s] for s in counts}
-    if not manifest:  # an Arrow-channel file without our manifest: counts come from the files
-        m["status"] = "recording"
-        write_manifest(out, m)
-        from pipeline.recording import load_manifest
-
-        m = load_manifest(out)
-        m["status"] = "complete"
+    # a complete or failed run stays so; one whose recorder never closed is recovered now
+    m["status"] = m.get("status") if m.get("status") in ("complete", "failed") else "recovered" if manifest \
+        else "complete"
     write_manifest(out, m)
-    rec = Recording(out)
-    for stream in counts:
-        counts[stream]["rows"] = sum(b.num_rows for b in rec.batches(stream))
     return {"dir": str(out), "streams": counts, "warnings": [], "lossless": True}
 
 
@@ -436,8 +445,6 @@ def _import_theirs(path: Path, out: Path, summary, strict: bool) -> dict:
 
 
 def _b64(schema: pa.Schema) -> str:
-    from pipeline.recording import schema_to_b64
-
     return schema_to_b64(schema)
 
 

@@ -20,7 +20,7 @@ from pipeline.cli import main
 from pipeline.errors import DataError
 from pipeline.mcap_io import import_mcap
 from pipeline.operator import Source, register
-from pipeline.recording import Recording
+from pipeline.recording import Recording, inspect_recording
 from pipeline.testing import ListSource
 
 
@@ -218,5 +218,7 @@ def test_a_cut_off_recording_exports_its_whole_batches(tmp_path, capsys):
     assert main(["import", str(tmp_path / "cut.mcap"), "--to", str(tmp_path / "back")]) == 0
     back = list(Recording(tmp_path / "back").batches("cam.out"))
     assert len(back) == len(whole)  # every whole batch, nothing of the cut one
+    report = inspect_recording(tmp_path / "back")  # the manifest counts what came back
+    assert report["streams"]["cam.out"]["batches"] == len(whole) and not report["damage"]
     for x, y in zip(back, whole, strict=True):
         assert x.equals(y)
