@@ -86,10 +86,14 @@ def sim(args) -> None:
     for link in links:
         poller.register(link.sock, zmq.POLLIN)
 
-    def turn(now, timeout_ms=2):
+    def turn(now, timeout_ms=None):
+        soonest = now + 0.01
         for link in links:
             if now >= link.due:
                 link.tick(now)
+            soonest = min(soonest, link.due)
+        if timeout_ms is None:  # sleep until the next robot has something to do, or a message comes
+            timeout_ms = max(0, int((soonest - time.monotonic()) * 1000))
         for sock, _ in poller.poll(timeout_ms):
             link = by_sock[sock]
             link.receive()
@@ -317,7 +321,7 @@ def main() -> None:
         n, hz = size.split("x")
         n, hz = int(n), float(hz)
         rows = max(1, min(args.rows, int(hz)))  # at most a second of samples per message
-        heartbeat_s = 0.5 if n <= 200 else 1.0  # 1,000 robots' heartbeats would outnumber their telemetry
+        heartbeat_s = 0.5 if n <= 200 else 2.0  # 1,000 robots' heartbeats would outnumber their telemetry
         with tempfile.TemporaryDirectory() as tmp:
             fleet = run_fleet(n, hz, args.seconds, rows, heartbeat_s, Path(tmp), args.drain_s)
         bare = run_bare(n, hz, args.seconds, rows)

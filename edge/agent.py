@@ -88,7 +88,10 @@ class AgentOptions:
     # telemetry in flight before an ack: small, so a slow manager's queue (= delivery delay)
     # stays short and a resend repeats little; the spool holds the rest
     window: int = 32
-    resend_s: float = 1.0
+    # no ack progress this long (or 4 x the acks' smoothed round trip, if longer): go back N.
+    # On a live TCP connection nothing is lost (a reconnect is settled by the welcome), so this
+    # is a safety net; a short one floods a slow manager with copies (congestion collapse)
+    resend_s: float = 5.0
     mem_bytes: int = 4 << 20
     work_dir: str | None = None  # spool and received models
     exit_when_done: bool = False
@@ -288,7 +291,8 @@ class Agent:
             canary = {"version": shadows[0]["version"], **{k: sum(s[k] for s in shadows)
                                                            for k in ("calls", "compared", "agree", "errors")},
                       "error": next((s["error"] for s in shadows if s["error"]), None),
-                      **{k: max((s[k] or 0.0) for s in shadows) for k in ("live_p99_ms", "shadow_p99_ms")}}
+                      **{k: max((s[k] or 0.0) for s in shadows)
+                         for k in ("live_p50_ms", "shadow_p50_ms", "live_p99_ms", "shadow_p99_ms")}}
         elif self.canary_error is not None:
             canary = {"version": self.canary_error[0], "error": self.canary_error[1]}
         return {**self._hello(), **{k: v for k, v in self.stats.items() if k in wire.ROBOT},

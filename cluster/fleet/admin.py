@@ -65,7 +65,7 @@ def problem(row: dict) -> str:
     c = row.get("canary")
     if c and not c.get("error"):
         return (f"[yellow]canary {c.get('version')}[/]: {c.get('agree', 0)}/{c.get('compared', 0)} agree, "
-                f"p99 {c.get('shadow_p99_ms') or 0:.1f} vs {c.get('live_p99_ms') or 0:.1f} ms")
+                f"p50 {c.get('shadow_p50_ms') or 0:.1f} vs {c.get('live_p50_ms') or 0:.1f} ms")
     for text in (c and c.get("error"), row.get("config_error"), row.get("model_error")):
         if text:
             return f"[red]{text[:300]}[/]"

@@ -598,8 +598,9 @@ def canary_verdict(reports: dict, candidate: str, threshold: float, window: int,
     """("promote" | "rollback" | None, why) from each canary robot's shadow report.
 
     Roll back at once on any error (the candidate would not load, or raised), when one robot's
-    agreement over its first `window` decisions is below `threshold`, or when its shadow p99
-    latency exceeds `latency_factor` x the live model's (+ 1 ms); promote once every robot
+    agreement over its first `window` decisions is below `threshold`, or when its shadow's median
+    latency exceeds `latency_factor` x the live model's (+ 1 ms; a median, because the p99 of a
+    few dozen calls on a busy robot is one scheduling hiccup); promote once every robot
     compared `window` decisions and all agreed enough; otherwise wait.
     """
     ready = 0
@@ -614,9 +615,9 @@ def canary_verdict(reports: dict, candidate: str, threshold: float, window: int,
             if agree / compared < threshold:
                 return "rollback", (f"{name}: agreement {agree}/{compared} = {agree / compared:.2f} "
                                     f"below {threshold:.2f}")
-            live, shadow = r.get("live_p99_ms") or 0.0, r.get("shadow_p99_ms") or 0.0
+            live, shadow = r.get("live_p50_ms") or 0.0, r.get("shadow_p50_ms") or 0.0
             if shadow > latency_factor * live + 1.0:
-                return "rollback", f"{name}: shadow p99 {shadow:.2f} ms vs live {live:.2f} ms (x{latency_factor:g})"
+                return "rollback", f"{name}: shadow p50 {shadow:.2f} ms vs live {live:.2f} ms (x{latency_factor:g})"
     if reports and ready == len(reports):
         total = sum(r["agree"] for r in reports.values()), sum(r["compared"] for r in reports.values())
         return "promote", f"agreement {total[0]}/{total[1]} at or above {threshold:.2f} on {ready} robot(s)"

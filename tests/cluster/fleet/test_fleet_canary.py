@@ -103,11 +103,12 @@ def test_a_candidate_that_cannot_load_rolls_back_at_once(tmp_path, keys, manager
 
 
 def test_verdicts():
-    good = {"version": "v", "compared": 20, "agree": 20, "errors": 0, "live_p99_ms": 2.0, "shadow_p99_ms": 2.5}
+    good = {"version": "v", "compared": 20, "agree": 20, "errors": 0, "live_p50_ms": 2.0, "shadow_p50_ms": 2.5,
+            "live_p99_ms": 2.0, "shadow_p99_ms": 40.0}  # a p99 spike alone is no regression
     assert canary_verdict({"a": good, "b": None}, "v", 0.95, 20, 3.0)[0] is None  # b has not reported
     assert canary_verdict({"a": good, "b": good}, "v", 0.95, 20, 3.0)[0] == "promote"
     assert canary_verdict({"a": {**good, "agree": 18}}, "v", 0.95, 20, 3.0)[0] == "rollback"
     assert canary_verdict({"a": {**good, "compared": 5, "agree": 0}}, "v", 0.95, 20, 3.0)[0] is None
-    assert canary_verdict({"a": {**good, "shadow_p99_ms": 9.0}}, "v", 0.95, 20, 3.0)[0] == "rollback"
+    assert canary_verdict({"a": {**good, "shadow_p50_ms": 9.0}}, "v", 0.95, 20, 3.0)[0] == "rollback"
     assert canary_verdict({"a": {**good, "compared": 1, "error": "boom"}}, "v", 0.95, 20, 3.0) == ("rollback", "a: boom")
     assert canary_verdict({"a": {**good, "version": "old"}}, "v", 0.95, 20, 3.0)[0] is None
