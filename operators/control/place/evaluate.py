@@ -118,11 +118,19 @@ def run(config_path, config: dict, out_dir, quick: bool) -> dict:
                                cut=int(spk.cut))
                 chip = ev.get("chip", "loihi")
                 if chip:
-                    from operators.control.place.chip import chip_scores
+                    from operators.control.place.chip import chip_scores, stacked_spiking
+                    from operators.control.place.network import if_run, input_spikes
 
                     s_c, rep = chip_scores(spk.modules(), q, chip)
                     raw[chip_name(chip, steps)] = s_c
                     spiking["chip"] = {k: v for k, v in rep.items() if k != "populations"}
+                    # the float path's work on the same queries: every input spike reaches every kept neuron
+                    w_f, _, _ = stacked_spiking(spk.modules())
+                    p_f = spk.modules()[0].params
+                    sp_in = input_spikes(q, steps, p_f.spike_rate)
+                    count, _ = if_run(sp_in, w_f, p_f.spike_threshold)
+                    spiking["float"] = {"synops_per_query": float(sp_in.sum()) * w_f.shape[1] / len(q),
+                                        "spikes_per_query": float(count.sum()) / len(q), "neurons": int(w_f.shape[1])}
     raw["SAD"] = sad_scores(d["reference"], q)
     raw["SAD (1 px shift search)"] = sad_scores(d["reference"], q, shift_px=mp.jitter_px or 1)
     ens.close()
@@ -174,9 +182,16 @@ def run(config_path, config: dict, out_dir, quick: bool) -> dict:
             curve.add_row(str(c["steps"]), str(c["cut"]), *(f"{c[key]:.3f}" for key in KEYS))
         Console().print(curve)
     if spiking.get("chip"):
-        c = spiking["chip"]
-        Console().print(f"chip ({c['chip']}, {c['steps_per_query']} steps): {c['synops_per_query']:.3g} SynOps, "
-                        f"{c['spikes_per_query']:.0f} output spikes, {c['energy_uj_per_query']:.1f} uJ per query, "
-                        f"{c['neurons']} neurons on {c['cores']} cores")
+        c, f = spiking["chip"], spiking["float"]
+        work = Table(title=f"spiking query, {c['steps_per_query']} steps: float path and emulated {c['chip']} "
+                           f"({c['neurons']} neurons, {c['cores']} cores), per query")
+        for col in ("path", "recall@1", "recall@100%precision", "SynOps", "output spikes", "energy (uJ)"):
+            work.add_column(col, justify="right")
+        fr, cr = rows[spiking_name(spiking["steps"])], rows[chip_name(c["chip"], spiking["steps"])]
+        work.add_row("float32", f"{fr['recall@1']:.3f}", f"{fr['recall@100%precision']:.3f}",
+                     f"{f['synops_per_query']:.3g}", f"{f['spikes_per_query']:.0f}", "-")
+        work.add_row(f"{c['chip']} int8", f"{cr['recall@1']:.3f}", f"{cr['recall@100%precision']:.3f}",
+                     f"{c['synops_per_query']:.3g}", f"{c['spikes_per_query']:.0f}", f"{c['energy_uj_per_query']:.1f}")
+        Console().print(work)
     Console().print(f"targets: { {k: v for k, v in verdict.items() if k != 'spiking'} }")
     return report
