@@ -97,3 +97,24 @@ def test_spiking_weights_remove_only_a_common_offset(route):
     shift = drive - net  # the same for every neuron of an image, up to the image's pixel sum
     assert np.allclose(shift, shift[:, :1], rtol=1e-4)
     assert np.array_equal(np.argsort(-drive, axis=1), np.argsort(-net, axis=1))
+
+
+def test_the_spiking_query_is_a_nir_graph_that_round_trips(route, tmp_path):
+    """The trained ensemble's spiking inference written as NIR (a file the fleet can roll out
+    to an `snn` node) and read back runs the same spikes as `if_run`."""
+    import torch
+
+    from operators.snn import nir_io
+
+    d, _, spk = route
+    net = place_network(spk.modules())
+    back = nir_io.load(nir_io.save(net, tmp_path / "place.nir"))
+    spikes = input_spikes(d["query"][:3], 16, 1.0)
+    w, _, _ = stacked_spiking(spk.modules())
+    count, _ = if_run(spikes, w, spk.modules()[0].params.spike_threshold)
+    for q in range(3):
+        with torch.inference_mode():
+            y, _ = back.run(torch.from_numpy(spikes[:, q].astype(np.float32)).unsqueeze(1))
+        got = y[:, 0].numpy().sum(axis=0).astype(int)
+        # float32 sums in another order (torch vs NumPy's BLAS) may flip a spike at the threshold
+        assert count[q].sum() > 0 and np.abs(got - count[q]).max() <= 1 and np.mean(got == count[q]) >= 0.99
