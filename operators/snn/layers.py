@@ -180,33 +180,63 @@ class Neuron(nn.Module):
     def forward(self, x: Tensor, state=None):
         if state is None:
             state = self.initial_state(x.shape[0], x.device, x.dtype)
-        if not torch.is_grad_enabled() and self.alpha is None and self.state_quant is None:
+        if not torch.is_grad_enabled() and self.state_quant is None:
             y, state = self._sequence_inference(x.unsqueeze(0), state)
             return y[0], state
         return self._step(x, state, self.params)
 
+    def _plan(self) -> tuple:
+        """What the inference loop needs, looked up once (re-derived when a buffer is replaced or changed)."""
+        b = self._buffers
+        key = tuple((id(t), t._version) for t in b.values() if t is not None)
+        plan = self.__dict__.get("_plan_cache")
+        if plan is None or plan[0] != key:
+            reset = b["v_reset"]
+            scalar = reset is not None and bool(torch.all(reset == reset.reshape(-1)[0]))
+            leak = b["leak"]
+            plan = (key, b["alpha"], b["syn_gain"], b["beta"], b["gain"],
+                    None if not bool(torch.any(leak != 0)) else leak, b["v_threshold"],
+                    float(reset.reshape(-1)[0]) if scalar else reset)
+            self.__dict__["_plan_cache"] = plan
+        return plan[1:]
+
     def _sequence_inference(self, xs: Tensor, state):
-        """The same recurrence without autograd: in place, no per-step allocation but the spikes."""
-        p = self.params
-        drive = p.gain * xs + p.leak
-        v = state[0].clone()
+        """The same recurrence without autograd: in place, no per-step allocation but the spikes.
+
+        Batch-1 streaming runs one step per call, so the few tensor operations per step are
+        the cost: the current-based models update the current in place too, a zero leak is
+        not added, and a reset shared by all neurons is a masked fill.
+        """
+        alpha, syn_gain, beta, gain, leak, threshold, reset = self._plan()
+        cuba = alpha is not None
+        if cuba:
+            drive = syn_gain * xs
+            i = state[0].clone()
+            v = state[1].clone()
+        else:
+            drive = gain * xs
+            if leak is not None:
+                drive = drive + leak
+            v = state[0].clone()
         out = torch.empty_like(drive)
-        spiking = p.v_threshold is not None
-        if spiking:
-            scalar_reset = p.v_reset.numel() == 1
-            reset = float(p.v_reset) if scalar_reset else p.v_reset
         for t in range(xs.shape[0]):
-            v.mul_(p.beta).add_(drive[t])
-            if spiking:
-                z = v > p.v_threshold
+            if cuba:
+                i.mul_(alpha).add_(drive[t])
+                v.mul_(beta).addcmul_(gain, i)
+                if leak is not None:
+                    v.add_(leak)
+            else:
+                v.mul_(beta).add_(drive[t])
+            if threshold is not None:
+                z = v > threshold
                 out[t] = z
-                if scalar_reset:
+                if isinstance(reset, float):
                     v.masked_fill_(z, reset)
                 else:
                     v = torch.where(z, reset, v)
             else:
                 out[t] = v
-        return out, self.State(v)
+        return out, (self.State(i, v) if cuba else self.State(v))
 
     def _quant(self, v: Tensor) -> Tensor:
         grid, lo, hi = self.state_quant
@@ -216,7 +246,7 @@ class Neuron(nn.Module):
         """Run T steps (xs is (T, B, *shape)); returns (outputs (T, B, *shape), state)."""
         if state is None:
             state = self.initial_state(xs.shape[1], xs.device, xs.dtype)
-        if not torch.is_grad_enabled() and self.alpha is None and self.state_quant is None:
+        if not torch.is_grad_enabled() and self.state_quant is None:
             return self._sequence_inference(xs, state)
         p = self.params
         q = self._quant if self.state_quant is not None else None

@@ -240,6 +240,9 @@ class Network(nn.Module):
         synaptic operation on event-driven hardware. `values["__delta_input__"]` is that change.
         """
         T, B = xs.shape[:2]
+        if self.delayed and T == 1 and not record and not delta:  # streaming one step: no sequence bookkeeping
+            y, new = self.step(xs[0], state)
+            return y.unsqueeze(0), new
         values = {self.input_name: xs}
         new = {}
         if delta:
