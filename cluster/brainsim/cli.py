@@ -56,6 +56,11 @@ def cmd_brainsim(args) -> int:
     if rep["partition_wait_s"]:
         console.print(f"{rep['actors']} partitions ({rep['backend']}, {rep['nodes']} node(s)) waited "
                       f"{rep['wait_us_per_window']:.1f} us per window for each other")
+        waited = sum(rep["partition_wait_s"]) / len(rep["partition_wait_s"])
+        if waited > 0.5 * rep["wall_s"]:
+            console.print(f"[yellow]the partitions spent {100 * waited / rep['wall_s']:.0f} % of the run waiting for "
+                          f"each other: with {rep['window_ms']:g} ms windows (the shortest delay) or fewer free "
+                          f"cores than partitions, fewer partitions are faster[/yellow]")
     console.print(f"recording, report.json, raster.png, rates.png in {out}")
     return 0
 
