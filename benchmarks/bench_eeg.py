@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -233,10 +234,11 @@ def main(argv=None) -> int:
     report = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
               "recording": {"channels": len(rec.spec.channels), "rate_hz": rec.spec.rate_hz,
                             "seconds": rec.spec.duration_s},
-              "quick": args.quick}
+              "quick": args.quick, "load_start": [round(v, 2) for v in os.getloadavg()]}
     report["filter"] = bench_filter(rec, repeats)
     report["decoders"] = bench_decoders(rec, _filtered(rec, {}), repeats)
     report["latency"] = bench_latency(args.quick)
+    report["load_end"] = [round(v, 2) for v in os.getloadavg()]
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(report, indent=2))
     f, d, lat = report["filter"], report["decoders"], report["latency"]
