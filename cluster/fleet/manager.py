@@ -125,6 +125,8 @@ class Manager:
         self.cpu_s = 0.0
         self.delay_ms = array("f")  # every delivery delay, fleet-wide (capped), for p99 reports
         self.age_ms = array("f")  # the same messages' oldest row's age (a batched message waits to fill)
+        self.delay_at = array("f")  # when each of them was recorded (s since the manager started)
+        self.t0 = time.monotonic()
 
     # -- the loop ------------------------------------------------------------------
     def serve(self, stop: threading.Event | None = None) -> dict:
@@ -343,6 +345,7 @@ class Manager:
         if t_first * 1000 >= rec.registered_ns + 1_000_000_000 and len(self.delay_ms) < 5_000_000:
             self.delay_ms.append(delay / 1e6)
             self.age_ms.append(max(now_ns - t_first * 1000, 0) / 1e6)
+            self.delay_at.append(now - self.t0)
         self.recording.write(f"{rec.name}.telemetry", batch, seq, t_first * 1000)
         rec.received += 1
         rec.samples += batch.num_rows
@@ -500,6 +503,11 @@ class Manager:
                       "p99_ms": round(float(np.percentile(d, 99)), 3), "max_ms": round(float(d.max()), 3)}
             a = np.frombuffer(self.age_ms, dtype=np.float32)
             delays["oldest_row_p99_ms"] = round(float(np.percentile(a, 99)), 3)
+            at = np.frombuffer(self.delay_at, dtype=np.float32)
+            edges = np.linspace(at.min(), at.max() + 1e-3, 11)  # p99 per tenth of the run: a transient or a steady tail?
+            delays["p99_ms_by_tenth"] = [round(float(np.percentile(d[(at >= lo) & (at < hi)], 99)), 1)
+                                         if ((at >= lo) & (at < hi)).any() else None
+                                         for lo, hi in zip(edges[:-1], edges[1:])]
         ro = None if self.rollout is None else {k: v for k, v in self.rollout.items() if k != "deadline"}
         return {"agents": [r.row(now) for r in sorted(self.agents.values(), key=lambda r: r.name)],
                 "counters": {**self.counters, "bad": dict(self.counters["bad"]),
