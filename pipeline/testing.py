@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -142,6 +144,36 @@ class MultiNode:
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
+
+    @classmethod
+    @contextmanager
+    def connected(cls, **kw) -> Iterator[MultiNode]:
+        """A cluster with this process connected as its driver, for a `with` block."""
+        import ray
+
+        nodes = cls(**kw)
+        ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False)
+        try:
+            yield nodes
+        finally:
+            ray.shutdown()
+            nodes.shutdown()
+
+
+def event_batches(n: int = 12, rows: int = 50, seed: int = 0, size: int = 32, span_us: int = 1000) -> list[pa.RecordBatch]:
+    """`n` batches of `rows` random events on a size x size sensor, time-ordered across batches."""
+    import numpy as np
+
+    from pipeline import schemas as sch
+
+    rng = np.random.default_rng(seed)
+    schema = sch.events_schema(size, size)
+    out, t0 = [], 0
+    for _ in range(n):
+        t = t0 + np.sort(rng.integers(0, span_us, rows))
+        t0 = int(t[-1]) + 1
+        out.append(sch.events_batch(t, rng.integers(0, size, rows), rng.integers(0, size, rows), rng.random(rows) < 0.5, schema))
+    return out
 
 
 def _ray_node() -> str | None:

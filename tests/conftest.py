@@ -25,17 +25,12 @@ def ray_session():
 def multinode():
     """A two-node cluster (head: resource `head`, label role=head; worker: `camera`, `accel`,
     label role=edge) with this test process connected as its driver."""
-    import ray
-
     from pipeline.executors.actors import remove_leaked_semaphores, shm_semaphores
     from pipeline.testing import MultiNode
 
     before = shm_semaphores()
-    nodes = MultiNode()
-    ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False)
     try:
-        yield nodes
+        with MultiNode.connected() as nodes:
+            yield nodes
     finally:
-        ray.shutdown()
-        nodes.shutdown()
         remove_leaked_semaphores(before)

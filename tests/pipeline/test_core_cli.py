@@ -31,6 +31,21 @@ def _config(tmp_path, **sink_params):
     return path
 
 
+def _crash_config(tmp_path, name: str, **crash) -> tuple[Path, Path]:
+    """synthetic -> crash_once(**crash) -> count_sink, written to NAME.yaml; returns (config, marker)."""
+    marker = tmp_path / "marker"
+    cfg = {
+        "nodes": {
+            "src": {"op": "synthetic", "params": {"duration_s": crash.pop("duration_s"), "batch_items": 1000}},
+            "boom": {"op": "crash_once", "inputs": "src", "params": {**crash, "marker": str(marker)}},
+            "sink": {"op": "count_sink", "inputs": "boom"},
+        }
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, marker
+
+
 def test_run_writes_summary_and_exits_zero(tmp_path, capsys):
     summary = tmp_path / "s.json"
     assert main(["run", str(_config(tmp_path)), "--summary", str(summary), "--quiet"]) == 0
@@ -73,16 +88,7 @@ def test_ops_lists_operators_as_json(capsys):
 
 
 def test_failed_ray_run_exits_1_and_leaves_no_process_behind(tmp_path):
-    marker = tmp_path / "marker"
-    cfg = {
-        "nodes": {
-            "src": {"op": "synthetic", "params": {"duration_s": 0.02, "batch_items": 1000}},
-            "boom": {"op": "crash_once", "inputs": "src", "params": {"at_batch": 2, "marker": str(marker), "mode": "raise"}},
-            "sink": {"op": "count_sink", "inputs": "boom"},
-        }
-    }
-    path = tmp_path / "boom.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path, _ = _crash_config(tmp_path, "boom", duration_s=0.02, at_batch=2, mode="raise")
     import tempfile
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="rx", dir="/tmp"))  # Unix socket paths must stay short
@@ -135,16 +141,7 @@ def test_compiled_run_of_its_own_session_leaves_no_semaphores_behind(tmp_path):
 
 
 def test_a_crash_the_runtime_recovered_from_is_one_line_not_a_ray_traceback(tmp_path):
-    marker = tmp_path / "marker"
-    cfg = {
-        "nodes": {
-            "src": {"op": "synthetic", "params": {"duration_s": 0.05, "batch_items": 1000}},
-            "boom": {"op": "crash_once", "inputs": "src", "params": {"at_batch": 5, "marker": str(marker), "mode": "exit"}},
-            "sink": {"op": "count_sink", "inputs": "boom"},
-        }
-    }
-    path = tmp_path / "crash.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path, marker = _crash_config(tmp_path, "crash", duration_s=0.05, at_batch=5, mode="exit")
     summary = tmp_path / "s.json"
     import tempfile
 

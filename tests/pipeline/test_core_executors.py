@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import Graph, OperatorError, run
 from pipeline import schemas as sch
-from pipeline.testing import CollectSink, ListSource, tables_equal
+from pipeline.testing import CollectSink, ListSource, event_batches, tables_equal
 
 
 def _batches(n_batches=12, rows=50, seed=0):
-    rng = np.random.default_rng(seed)
-    s = sch.events_schema(32, 32)
-    out, t0 = [], 0
-    for _ in range(n_batches):
-        t = t0 + np.sort(rng.integers(0, 1000, rows))
-        t0 = int(t[-1]) + 1
-        out.append(sch.events_batch(t, rng.integers(0, 32, rows), rng.integers(0, 32, rows), rng.random(rows) < 0.5, s))
-    return out
+    return event_batches(n_batches, rows, seed=seed)
 
 
 def _chain(batches, *, crash=None, sink_delay_ms=0.0, policy="block", capacity=8, fan_out=True):

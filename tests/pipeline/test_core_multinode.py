@@ -10,24 +10,15 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from pipeline import Graph, run
-from pipeline import schemas as sch
 from pipeline.errors import ClusterError, ConfigError
-from pipeline.testing import CollectSink, ListSource, tables_equal
+from pipeline.testing import CollectSink, ListSource, event_batches, tables_equal
 
 
 def _batches(n=10, rows=40, seed=3):
-    rng = np.random.default_rng(seed)
-    s = sch.events_schema(32, 32)
-    out, t0 = [], 0
-    for _ in range(n):
-        t = t0 + np.sort(rng.integers(0, 500, rows))
-        t0 = int(t[-1]) + 1
-        out.append(sch.events_batch(t, rng.integers(0, 32, rows), rng.integers(0, 32, rows), rng.random(rows) < 0.5, s))
-    return out
+    return event_batches(n, rows, seed=seed, span_us=500)
 
 
 def _placed(batches, a_place=None, b_place=None, out_place=None):

@@ -12,38 +12,22 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline import Graph, run
-from pipeline import schemas as sch
 from pipeline.errors import ClusterError
-from pipeline.testing import CollectSink, ListSource, MultiNode, tables_equal
+from pipeline.testing import CollectSink, ListSource, MultiNode, event_batches, tables_equal
 
 
 @pytest.fixture
 def cluster():
-    import ray
-
-    nodes = MultiNode(workers=[{"resources": {"accel": 1}, "labels": {"role": "edge"}},
-                               {"resources": {"accel": 1}, "labels": {"role": "edge"}}])
-    ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False)
-    try:
+    edge = {"resources": {"accel": 1}, "labels": {"role": "edge"}}
+    with MultiNode.connected(workers=[edge, edge]) as nodes:
         yield nodes
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
 
 
 def _batches(n=30, rows=25):
-    rng = np.random.default_rng(11)
-    s = sch.events_schema(16, 16)
-    out, t0 = [], 0
-    for _ in range(n):
-        t = t0 + np.sort(rng.integers(0, 100, rows))
-        t0 = int(t[-1]) + 1
-        out.append(sch.events_batch(t, rng.integers(0, 16, rows), rng.integers(0, 16, rows), rng.random(rows) < 0.5, s))
-    return out
+    return event_batches(n, rows, seed=11, size=16, span_us=100)
 
 
 def _graph(batches, marker: Path) -> Graph:
