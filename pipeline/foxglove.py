@@ -246,6 +246,7 @@ class FoxgloveTap(Operator):
     once is dropped for the viewer and counted.
     """
 
+    beside_driver = True  # its PUSH socket reaches the driver on 127.0.0.1: same machine under any executor
     name = "foxglove_tap"
     Params = FoxgloveTapParams
 

@@ -74,6 +74,9 @@ class Operator:
     #: `process(port, batch, header)` with the batch's `pipeline.schemas.Header` (source
     #: stream, sequence number, ingest wall-clock time) on every batch, under every executor
     wants_header: ClassVar[bool] = False
+    #: set by operators that talk to the driver process over loopback (a live viewer's tap):
+    #: the Ray executors run their stage on the driver's node unless `place:` says otherwise
+    beside_driver: ClassVar[bool] = False
 
     def __init__(self, params: Params | None = None, node: str | None = None):
         self.params = params if params is not None else self.Params()

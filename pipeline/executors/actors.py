@@ -391,9 +391,12 @@ class Deployment:
         node when `pin_unplaced`), and wait until all run or the placement timeout passes."""
         self.driver_node = ray.get_runtime_context().get_node_id()
         check_placements(self.graph, self.groups, self.driver_node)
-        pin = self.driver_node if pin_unplaced else None
+        def pin(ids: list[str]) -> str | None:
+            beside = any(self.graph.nodes[n].op.beside_driver for n in ids)
+            return self.driver_node if pin_unplaced or beside else None
+
         self.actors = [
-            StageActor.options(**actor_options(self.place_of(gi), self.max_restarts, pin)).remote(_pruned(self.graph, ids), ids)
+            StageActor.options(**actor_options(self.place_of(gi), self.max_restarts, pin(ids))).remote(_pruned(self.graph, ids), ids)
             for gi, ids in enumerate(self.groups)
         ]
         refs = [a.incarnation.remote() for a in self.actors]
