@@ -538,6 +538,40 @@ def exchange_cost(windows: int = 50_000) -> dict:
     return out
 
 
+def exchange_cross_node(windows: int = 5_000) -> dict:
+    """The same two partitions on two Ray nodes of one machine (ray.cluster_utils, via
+    pipeline.testing.MultiNode): each window crosses the bridge (pipeline.netchan, TCP)."""
+    import ray
+
+    from cluster.brainsim.engine import Simulation
+    from cluster.brainsim.spec import External, NetworkSpec, Population, Projection
+    from pipeline.testing import MultiNode
+
+    spec = NetworkSpec(populations=[Population(name="P", size=64, model="lif_delta", v_rest_mv=0.0, v_reset_mv=0.0,
+                                               v_thresh_mv=10.0, external=External(rate_hz=5000.0, weight=1.0))],
+                       projections=[Projection(pre="P", post="P", p=0.1, weight=0.5, delay_ms=0.1)])
+    nodes = MultiNode()
+    ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False)
+    runs = []
+    try:
+        for _ in range(3):
+            sim = Simulation(spec, actors=2, backend="ray").build()
+            list(sim.chunks(500 * 1e-4, 500))  # warm
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            for _c in sim.chunks(windows * 1e-4, 1000):
+                pass
+            wall = time.perf_counter() - t0
+            runs.append({"nodes": sim.info()["nodes"], "us_per_window": 1e6 * wall / windows, "loadavg_1min": load})
+            sim.close()
+            print(json.dumps(runs[-1]), flush=True)
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+    return {"windows": windows, "runs": runs,
+            "median_us_per_window": float(statistics.median(r["us_per_window"] for r in runs))}
+
+
 def partitions_1_vs_2(model: str, duration_s: float, reps: int = 2) -> dict:
     """Wall of 1 partition (this process) against 2 Ray actors on the board, interleaved."""
     from cluster.brainsim.simulate import simulate
@@ -907,6 +941,9 @@ def cluster(args, result: dict) -> None:
     finally:
         if ray.is_initialized():
             ray.shutdown()
+    if not args.skip_exchange:
+        print("exchange per window across two Ray nodes (the bridge) ...", flush=True)
+        result["exchange"]["cross_node"] = exchange_cross_node(2_000 if args.quick else 5_000)
 
 
 if __name__ == "__main__":
