@@ -10,9 +10,10 @@ of the counter). Two slots are enough: p overwrites window w-2's slot only after
 partition has published w-1, which each does only after it has read w-2.
 
 A spike travels as one int64 key, `step << 32 | global neuron`, so key order is (step,
-neuron) order. Waiting spins on the counters (`pause` on x86) for `spins` rounds, then
-sleeps 20 us at a time; it gives up after `timeout_s` or when the board's abort word is
-set, and the partition's call returns -1 (the caller names who did not publish).
+neuron) order. Waiting spins on the counters (`pause` on x86, timed by the cycle counter;
+the budget adapts to how often the peer turns up within it), then sleeps in futex(2) on
+the counter until the publisher wakes it; it gives up after `timeout_s` or when the
+board's abort word is set, and the partition's call returns -1 - q (the caller names q).
 
 Partitions on other nodes appear on a node's board through a bridge (see `Bridge`): it
 copies local partitions' windows to the peers' boards through `pipeline.netchan` (TCP)
