@@ -215,18 +215,18 @@ class Neuron(nn.Module):
             v = state[1].clone()
         else:
             drive = gain * xs
-            if leak is not None:
-                drive = drive + leak
             v = state[0].clone()
         out = torch.empty_like(drive)
         for t in range(xs.shape[0]):
             if cuba:
                 i.mul_(alpha).add_(drive[t])
-                v.mul_(beta).addcmul_(gain, i)
+                v.mul_(beta).add_(gain * i)  # not addcmul_: a fused multiply-add rounds differently from the step functions
                 if leak is not None:
                     v.add_(leak)
-            else:
+            else:  # (beta v + gain x) + leak, associated as the step functions do
                 v.mul_(beta).add_(drive[t])
+                if leak is not None:
+                    v.add_(leak)
             if threshold is not None:
                 z = v > threshold
                 out[t] = z
