@@ -281,13 +281,19 @@ def _external(rng, bufc, a, b, lam, extw):
         return
     cdf = poisson_cdf(lam)
     last = cdf.shape[0] - 1
+    head = min(last + 1, 16)
     for i in range(a, b):
         u = next_uniform(rng, i)
+        # the first k with u <= cdf[k] is the number of (non-decreasing) entries below u:
+        # counted without branches over the first 16, so no mispredicted jump per draw
         k = 0
-        while k <= last and u > cdf[k]:
-            k += 1
-        if k > last:
-            k = 1000
+        for j in range(head):
+            k += u > cdf[j]
+        if k == head:  # a tail draw (or a large lam): go on one by one
+            while k <= last and u > cdf[k]:
+                k += 1
+            if k > last:
+                k = 1000
         bufc[i] += k * extw
 
 
