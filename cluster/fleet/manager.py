@@ -518,7 +518,7 @@ class Manager:
     def _write_status(self, now: float) -> None:
         try:
             tmp = self.out / "status.json.tmp"
-            tmp.write_text(json.dumps(self.report(now), indent=2))
+            tmp.write_text(json.dumps(self.report(now)))  # compact: the C encoder (indent is pure Python)
             tmp.replace(self.out / "status.json")
         except OSError:
             pass

@@ -8,6 +8,7 @@ segment file, so a manager crash loses and duplicates nothing that was acknowled
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -19,7 +20,7 @@ from pipeline import recording as rec
 
 class _Stream:
     __slots__ = ("name", "schema", "files", "sink", "writer", "batches", "rows", "last_seq",
-                 "first_seq", "t_start", "t_end", "segment")
+                 "first_seq", "t_start", "t_end", "segment", "closed_bytes", "described")
 
     def __init__(self, name: str):
         self.name = name
@@ -28,6 +29,8 @@ class _Stream:
         self.batches = self.rows = 0
         self.last_seq = self.first_seq = self.t_start = self.t_end = None
         self.segment = -1
+        self.closed_bytes = 0  # bytes in the files before the open one
+        self.described: tuple | None = None  # (schema_b64, fields) of `schema`, made once
 
 
 class FleetRecording:
@@ -54,11 +57,10 @@ class FleetRecording:
             s.batches, s.rows = info["batches"], info["rows"]
             s.first_seq, s.last_seq = info["first_seq"], info["last_seq"]
             s.t_start, s.t_end = info["t_start_us"], info["t_end_us"]
+            s.closed_bytes = sum((self.folder / f).stat().st_size for f in files if (self.folder / f).exists())
             self.streams[name] = s
         old = self.folder / rec.MANIFEST
         if old.exists():
-            import json
-
             try:
                 self.manifest["started"] = json.loads(old.read_text()).get("started") or self.manifest["started"]
             except (OSError, ValueError):
@@ -75,6 +77,7 @@ class FleetRecording:
             s = self.streams[stream] = _Stream(stream)
         if s.writer is None:
             s.schema = s.schema or batch.schema
+            s.described = None
             s.segment += 1
             name = rec.segment_name(stream, s.segment)
             s.sink = pa.OSFile(str(self.folder / name), "wb")
@@ -92,31 +95,37 @@ class FleetRecording:
             s.t_end = t1 if s.t_end is None else max(s.t_end, t1)
 
     def write_manifest(self) -> None:
-        self.manifest["streams"] = {
-            n: {"kind": "commands", "schema_b64": rec.schema_to_b64(s.schema) if s.schema is not None else None,
-                "fields": {f.name: str(f.type) for f in s.schema} if s.schema is not None else {},
-                "files": list(s.files), "batches": s.batches, "rows": s.rows, "bytes": self._bytes(s),
-                "t_start_us": s.t_start,
-                "t_end_us": s.t_end, "first_seq": s.first_seq, "last_seq": s.last_seq, "seq_gaps": 0}
-            for n, s in self.streams.items()
-        }
+        """The manifest, rewritten in full; cheap enough for a thousand streams every 2 s (the
+        manager's loop stops meanwhile): the schema's description is made once per stream, sizes
+        come from the open file's position, and the JSON is written by the C encoder (compact:
+        json's indented output is pure Python, 0.3 s for 1,000 streams, and stalled telemetry)."""
+        streams = {}
+        for n, s in self.streams.items():
+            if s.described is None and s.schema is not None:
+                s.described = (rec.schema_to_b64(s.schema), {f.name: str(f.type) for f in s.schema})
+            b64, fields = s.described or (None, {})
+            streams[n] = {"kind": "commands", "schema_b64": b64, "fields": fields, "files": list(s.files),
+                          "batches": s.batches, "rows": s.rows, "bytes": self._bytes(s), "t_start_us": s.t_start,
+                          "t_end_us": s.t_end, "first_seq": s.first_seq, "last_seq": s.last_seq, "seq_gaps": 0}
+        self.manifest["streams"] = streams
         self.manifest["counts"] = {n: s.batches for n, s in self.streams.items()}
         self.manifest["start"], self.manifest["end"] = self.manifest["started"], self.manifest["ended"]
-        rec.write_manifest(self.folder, self.manifest)
+        tmp = self.folder / (rec.MANIFEST + ".tmp")  # atomic, as pipeline.recording.write_manifest
+        tmp.write_text(json.dumps(self.manifest, default=str))
+        os.replace(tmp, self.folder / rec.MANIFEST)
 
-    def _bytes(self, s: _Stream) -> int:
-        total = 0
-        for name in s.files:
-            try:
-                total += (self.folder / name).stat().st_size
-            except OSError:
-                pass
-        return total
+    @staticmethod
+    def _bytes(s: _Stream) -> int:
+        try:
+            return s.closed_bytes + (s.sink.tell() if s.sink is not None else 0)
+        except (OSError, ValueError):
+            return s.closed_bytes
 
     def close(self) -> None:
         for s in self.streams.values():
             if s.writer is not None:
                 s.writer.close()
+                s.closed_bytes += s.sink.tell()
                 s.sink.close()
                 s.writer = s.sink = None
         self.manifest["status"] = "complete"
