@@ -135,6 +135,20 @@ def test_ray_ensemble_equals_in_process(ray_session):
         remote.close()
 
 
+def test_ray_spiking_ensemble_equals_in_process(ray_session):
+    """Spiking modules on Ray actors: one threshold calibrated across actors, the same scores."""
+    imgs = _distinct(8, seed=3)
+    p = replace(SPIKING, spike_steps=16)
+    local = Ensemble.fit(imgs, imgs, np.arange(8), 4, p, workers=0, seed=5)
+    remote = Ensemble.fit(imgs, imgs, np.arange(8), 4, p, workers=2, seed=5)
+    try:
+        theta = {m.params.spike_threshold for m in remote.modules()}
+        assert len(theta) == 1 and theta == {m.params.spike_threshold for m in local.modules()} and min(theta) > 0
+        assert np.array_equal(local.scores(imgs), remote.scores(imgs))
+    finally:
+        remote.close()
+
+
 def test_graph_same_answers_under_ray_executor(ray_session):
     from pipeline import run
 
