@@ -166,7 +166,7 @@ def bench_evolution(generations: int, popsize: int) -> dict:
     rng = np.random.default_rng(0)
     genomes = [rng.standard_normal(Layout().size) * 0.5 for _ in range(popsize)]
     out = {}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         for workers in (0, 1, 2):
             pool = Pool(cfg0.model_copy(update={"workers": workers}), errors, commands, closed)

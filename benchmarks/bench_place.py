@@ -153,7 +153,7 @@ def main() -> None:
     if use_ray:
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     Ensemble.fit(synthetic(4)["reference"], workers=0, places_per_module=4, params=params)  # Numba warm-up
     rows = []
     for n in sizes:

@@ -262,7 +262,7 @@ def e2e_latency(quick: bool) -> dict:
     overrides = ["source.pacing=realtime", "command.quiet=true",
                  f"source.path={tempfile.mkdtemp()}/g.aedat4", f"source.synth_gestures={2 if quick else 8}"]
     g = Graph.from_yaml(ROOT / "configs" / "dvs_gesture.yaml", overrides=overrides)
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
         result = run(g, executor="ray")
     finally:

@@ -14,7 +14,7 @@ CONFIG = Path(__file__).parents[3] / "configs" / "ssvep_wheelchair.yaml"
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 
