@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=float, default=0.95, help="canary: agreement needed to promote")
     p.add_argument("--window", type=int, default=20, help="canary: decisions compared per robot before a verdict")
     p.add_argument("--latency-factor", type=float, default=3.0,
-                   help="canary: roll back when the shadow's p99 latency exceeds this x the live model's (+1 ms)")
+                   help="canary: roll back when the shadow's median latency exceeds this x the live model's (+1 ms)")
     p.add_argument("--canary-timeout-s", type=float, default=600.0, help="canary: roll back without a verdict after")
     p.add_argument("--to", default="all")
     p.set_defaults(func=cmd_rollout)
