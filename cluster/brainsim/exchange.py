@@ -10,9 +10,8 @@ of the counter). Two slots are enough: p overwrites window w-2's slot only after
 partition has published w-1, which each does only after it has read w-2.
 
 A spike travels as one int64 key, `step << 32 | global neuron`, so key order is (step,
-neuron) order. Waiting spins on the counters (`pause` on x86, timed by the cycle counter;
-the budget adapts to how often the peer turns up within it), then sleeps in futex(2) on
-the counter until the publisher wakes it; it gives up after `timeout_s` or when the
+neuron) order. Waiting spins on the counters (`pause` on x86, timed by the cycle counter)
+for 200 us by default, then sleeps in futex(2) on the counter until the publisher wakes it; it gives up after `timeout_s` or when the
 board's abort word is set, and the partition's call returns -1 - q (the caller names q).
 
 Partitions on other nodes appear on a node's board through a bridge (see `Bridge`): it
@@ -254,15 +253,17 @@ def run_board(n_windows, window, step0, pops, pidx, lo, v, ge, gi, de, di, refr,
     Window numbers are global (`step0 // window` is this call's first). Writes own spikes
     to `chunk` as keys and returns their count, with the windows advanced in `done[0]`
     (fewer than asked when `chunk` could not hold another window's worst case) and adds
-    the cycles spent waiting for other partitions to `waited[0]`. Spinning adapts between
-    `spin_cycles` and 1/64 of it, as adaptive mutexes do; returns -1 - q if
-    partition q did not publish in time or the board was aborted.
+    the cycles spent waiting for other partitions to `waited[0]`; returns -1 - q if
+    partition q did not publish in time or the board was aborted. The spin budget is
+    fixed: halving it after each long wait (as adaptive mutexes do) was measured worse:
+    a partition then sleeps through short imbalances and each window pays a futex wake-up
+    (CUBA on two threads at load ~4.5: 10-15 us per window adaptive, 3.8-5.4 fixed, one
+    partition 2.9-3.9).
     """
     K = slots.shape[0]
     pos = np.zeros(K, np.int64)
     has_sources = src_steps.shape[0] > 0
     worst = out_steps.shape[0]
-    spin = spin_cycles
     m = 0
     done[0] = 0
     for kk in range(n_windows):
@@ -272,13 +273,10 @@ def run_board(n_windows, window, step0, pops, pidx, lo, v, ge, gi, de, di, refr,
         wnd = s0 // window
         if wnd > 0:
             for q in range(K):
-                c = wait_at_least(board, sync[q], wnd, spin, timeout_cycles)
+                c = wait_at_least(board, sync[q], wnd, spin_cycles, timeout_cycles)
                 if c < 0:
                     return -1 - q
                 waited[0] += c
-                # adaptive spinning: a wait that outlasted the spin (the peer was off its core)
-                # halves the next spin, one that ended within it doubles it again
-                spin = max(spin // 2, spin_cycles // 64) if c > spin else min(spin * 2, spin_cycles)
             _deliver_merged(board, slots, (wnd - 1) & 1, s0 - window + 1, window, K, pos, indptr, tgt, w,
                             dch, buf)
         c = k.advance(pops, pidx, lo, s0, window, v, ge, gi, de, di, refr, rng, buf, src_steps, src_neurons, src_ptr,
