@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override a parameter")
     p.add_argument("--telemetry-rows", type=int, default=1, help="telemetry rows per message (batch at high rates)")
     p.add_argument("--mem-kb", type=int, default=4096, help="telemetry kept in memory before spilling to disk")
+    p.add_argument("--resend-s", type=float, default=5.0,
+                   help="resend unacknowledged telemetry after this long without progress (at least; adapts to the round trip)")
     p.set_defaults(func=cmd_edge_run)
 
     keys = subparsers.add_parser("keys", help="CurveZMQ key pairs for a fleet")
@@ -68,7 +70,7 @@ def cmd_edge_run(args) -> int:
         tags=[t for t in args.tags.split(",") if t],
         config=None if args.config == "none" else config_with(args.config, args.set) if args.set else args.config,
         telemetry_hz=args.telemetry_hz, telemetry_rows=max(1, args.telemetry_rows), deadline_ms=args.deadline_ms, work_dir=args.work_dir,
-        exit_when_done=args.exit_when_done, mem_bytes=args.mem_kb * 1024,
+        exit_when_done=args.exit_when_done, mem_bytes=args.mem_kb * 1024, resend_s=args.resend_s,
     ))
     try:
         report = agent.run(stop)

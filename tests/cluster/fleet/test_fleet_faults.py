@@ -39,8 +39,10 @@ def test_manager_and_robot_killed_and_restarted_lose_and_duplicate_nothing(tmp_p
         procs.append(_serve(helpers, keys, endpoint, out, tmp_path / "m1.log"))
         helpers.wait_for(lambda: _status(endpoint, keys) is not None, 30, "the manager to start")
         thread.start()
+        # r2 too: no timed resends within the test (go-back-N while the manager was down would
+        # resend what the killed manager had recorded but not acknowledged: dropped, but counted)
         robot = ["edge", "run", "none", "--manager", endpoint, "--name", "r2", "--keys", str(keys),
-                 "--telemetry-hz", "20", "--work-dir", str(tmp_path / "r2")]
+                 "--telemetry-hz", "20", "--work-dir", str(tmp_path / "r2"), "--resend-s", "60"]
         procs.append(helpers.spawn(*robot, log=tmp_path / "r2a.log"))
         helpers.wait_for(lambda: len((_status(endpoint, keys) or {"agents": []})["agents"]) == 2, 30, "2 robots")
         helpers.wait_for(lambda: agent.link["acked"] > 20, 15, "telemetry to flow")
@@ -73,7 +75,12 @@ def test_manager_and_robot_killed_and_restarted_lose_and_duplicate_nothing(tmp_p
     assert r2 == list(range(len(r2))) and len(r2) > 20  # the restarted robot continued its numbering
     rows = {a["name"]: a for a in report["agents"]}
     assert agent.link["resent"] == 0
-    assert rows["r1"]["duplicates"] == 0 and rows["r2"]["duplicates"] == 0 and rows["r2"]["restarts"] == 1
+    assert rows["r1"]["duplicates"] == 0 and rows["r2"]["restarts"] == 1
+    # r2 is a separate robot process that lives through the manager's SIGKILL: what it had in
+    # flight to the killed manager (recorded there, never acknowledged) can reach the restarted
+    # one again. Those are dropped (the recorded stream above is exactly once) and counted, at
+    # most one window's worth. Seen: 0 in most runs, 30-31 in about one run in seven.
+    assert 0 <= rows["r2"]["duplicates"] <= AgentOptions.window
 
 
 @pytest.mark.slow
