@@ -181,9 +181,34 @@ class Neuron(nn.Module):
         if state is None:
             state = self.initial_state(x.shape[0], x.device, x.dtype)
         if not torch.is_grad_enabled() and self.state_quant is None:
-            y, state = self._sequence_inference(x.unsqueeze(0), state)
-            return y[0], state
+            return self._step_inference(x, state)
         return self._step(x, state, self.params)
+
+    def _step_inference(self, x: Tensor, state):
+        """One step of `_sequence_inference`, the same operations in the same order, without
+        its (1, ...) sequence buffer: batch-1 streaming calls this once per step per layer."""
+        alpha, syn_gain, beta, gain, leak, threshold, reset = self._plan()
+        cuba = alpha is not None
+        if cuba:
+            i = state[0].clone()
+            v = state[1].clone()
+            i.mul_(alpha).add_(syn_gain * x)
+            v.mul_(beta).add_(gain * i)  # not addcmul_, as in the sequence loop
+        else:
+            v = state[0].clone()
+            v.mul_(beta).add_(gain * x)
+        if leak is not None:
+            v.add_(leak)
+        if threshold is None:
+            y = v.clone()
+        else:
+            z = v > threshold
+            y = z.to(v.dtype)
+            if isinstance(reset, float):
+                v.masked_fill_(z, reset)
+            else:
+                v = torch.where(z, reset, v)
+        return y, (self.State(i, v) if cuba else self.State(v))
 
     def _plan(self) -> tuple:
         """What the inference loop needs, looked up once (re-derived when a buffer is replaced or changed)."""
