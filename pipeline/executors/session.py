@@ -62,10 +62,19 @@ def connect(address: str | None = None, *, config: dict | None = None, num_cpus:
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
                      log_to_driver=log_to_driver)
     except ConnectionError as exc:
-        raise ClusterError(f"cannot join the Ray cluster at '{target}': {exc}") from None
+        raise ClusterError(f"cannot join the Ray cluster at '{target}': {exc}{_auth_hint()}") from None
     except ValueError as exc:  # malformed address, or options a joined cluster refuses
         raise ConfigError(f"ray address '{target}': {exc}") from None
     return Session(target, started=True, local=target is None)
+
+
+def _auth_hint() -> str:
+    """Why joining may have failed: Ray >= 2.59 starts `ray start` clusters with token
+    authentication, and a client only sends its token when RAY_AUTH_MODE=token is set."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return " (RAY_AUTH_MODE=token is set: check that RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token holds the cluster's token)"
+    return (" (if the cluster uses token authentication, as `ray start` does by default since Ray 2.59, set "
+            "RAY_AUTH_MODE=token; the token is read from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
 
 
 def disconnect(session: Session | None) -> None:
