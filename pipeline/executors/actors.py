@@ -163,7 +163,7 @@ class StageActor:
     def safe_state(self, reason: str) -> None:
         self.stage.safe_state(reason)
 
-    def close(self, run_dir: str | None = None) -> list[str]:
+    def close(self) -> list[str]:
         if getattr(self, "run_dir", None):  # the rings this actor made on its node
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return [str(e) for e in self.stage.close()]
@@ -482,7 +482,7 @@ class RayExecutor(Executor):
     def run(self, graph: Graph, *, monitor=None, stop: threading.Event | None = None, fuse: str | None = None,
             address: str | None = None, placement_timeout_s: float | None = None, num_cpus: int | None = None,
             **options) -> Outcome:
-        self.check_options({**options, "fuse": fuse})
+        self.check_options(options)  # what is left after the named ones is unknown, or a subclass's
         ray_cfg = graph.config.get("ray") or {}
         timeout = placement_timeout_s or ray_cfg.get("placement_timeout_s") or PLACEMENT_TIMEOUT_S
         semaphores = None
@@ -491,16 +491,16 @@ class RayExecutor(Executor):
             with ray_session(address, config=graph.config, num_cpus=num_cpus, log_to_driver=True) as session:
                 if session.local and self.name == "ray-compiled":
                     semaphores = shm_semaphores()
-                return self._run(graph, monitor, stop, fuse, float(timeout), options)
+                return self._run(graph, monitor, stop, fuse, float(timeout))
         finally:
             # a session we started is down now, and what its compiled graphs left in /dev/shm
             # can go (a shared session's raylet still holds them)
             if semaphores is not None:
                 remove_leaked_semaphores(semaphores)
 
-    def _run(self, graph, monitor, stop, fuse, timeout, options) -> Outcome:
+    def _run(self, graph, monitor, stop, fuse, timeout) -> Outcome:
         groups = plan_groups(graph, fuse)
-        dep = self.deployment(graph, groups, monitor, timeout, options)
+        dep = self.deployment(graph, groups, monitor, timeout)
         feed = Feed(graph)
         dep.feed = feed
         streaming = 0.0
@@ -530,7 +530,7 @@ class RayExecutor(Executor):
             failures += [str(e) for e in feed.close()]
             for a in dep.actors:
                 try:
-                    failures += ray.get(a.close.remote(self.run_dir(dep)), timeout=30)
+                    failures += ray.get(a.close.remote(), timeout=30)
                 except Exception:
                     pass
                 ray.kill(a, no_restart=True)
@@ -553,7 +553,7 @@ class RayExecutor(Executor):
         return Outcome(results, dep.merge(snaps), recovery)
 
     # -- what subclasses fill in -----------------------------------------------------
-    def deployment(self, graph, groups, monitor, timeout, options) -> Deployment:
+    def deployment(self, graph, groups, monitor, timeout) -> Deployment:
         return Deployment(graph, groups, monitor, self.max_restarts, timeout)
 
     def stream(self, dep: Deployment, feed: Feed, stop) -> None:
@@ -561,9 +561,6 @@ class RayExecutor(Executor):
 
     def teardown(self, dep: Deployment) -> None:
         """Before the actors are closed (a compiled graph must be torn down first)."""
-
-    def run_dir(self, dep: Deployment) -> str | None:
-        return None
 
     def cleanup(self, dep: Deployment) -> None:
         """After the actors are gone."""

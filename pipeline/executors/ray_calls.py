@@ -296,7 +296,7 @@ class RayCallsExecutor(RayExecutor):
         self.max_restarts = max_restarts
         return super().run(graph, **kw)
 
-    def deployment(self, graph, groups, monitor, timeout, options):
+    def deployment(self, graph, groups, monitor, timeout):
         return CallsDeployment(graph, groups, monitor, self.max_restarts, timeout, checkpoint_every=self.checkpoint_every)
 
     def stream(self, dep: CallsDeployment, feed: Feed, stop) -> None:

@@ -51,7 +51,7 @@ class RayShmExecutor(RayExecutor):
 
     def run(self, graph, *, ring_mb: int = 16, **kw):
         self.ring = ring_mb << 20
-        self.dirs: set[str] = set()
+        self.ring_dir: str | None = None  # this run's folder of rings on the driver's machine
         self.kinds: dict[str, str] = {}
         return super().run(graph, **kw)
 
@@ -78,7 +78,7 @@ class RayShmExecutor(RayExecutor):
         node_of = {"src": dep.driver_node, **dict(enumerate(dep.nodes))}
         run_name = f"reflexarc-shm-{uuid.uuid4().hex[:12]}"
         base = shm_dir(self.ring * len(links))
-        self.dirs.add(os.path.join(base, run_name))
+        self.ring_dir = os.path.join(base, run_name)
         names = {link: f"{link[0]}-{link[1]}" for link in links}
         self.kinds = {names[link]: ("ring" if node_of[link[0]] == node_of[link[1]] else "socket") for link in links}
         specs: dict = {}
@@ -108,7 +108,7 @@ class RayShmExecutor(RayExecutor):
             per_reader: dict[int, list] = {}
             for link in links:
                 per_reader.setdefault(link[1], []).append((names[link], self.kinds[names[link]], self.ring))
-            made = ray.get([dep.actors[gj].prepare.remote(ls, os.path.join(base, run_name))
+            made = ray.get([dep.actors[gj].prepare.remote(ls, self.ring_dir)
                             for gj, ls in per_reader.items()])
             by_name = {name: spec for part in made for name, spec in part.items()}
             specs.update({link: by_name[names[link]] for link in links})
@@ -161,12 +161,9 @@ class RayShmExecutor(RayExecutor):
             for ch, _, _ in writers:
                 ch.close()
 
-    def run_dir(self, dep: Deployment) -> str | None:
-        return next(iter(self.dirs), None)
-
     def cleanup(self, dep: Deployment) -> None:
-        for d in self.dirs:  # the actors remove theirs; this catches what a killed one left here
-            shutil.rmtree(d, ignore_errors=True)
+        if self.ring_dir:  # the actors remove theirs; this catches what a killed one left here
+            shutil.rmtree(self.ring_dir, ignore_errors=True)
 
     def facts(self, dep: Deployment) -> dict:
         return {"channels": dict(self.kinds)}
