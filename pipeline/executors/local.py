@@ -81,6 +81,7 @@ class LocalExecutor(Executor):
             **ray_options) -> Outcome:
         self.check_options(ray_options)
         run = LocalRun(graph)
+        waves = hooks  # None: the plain loop, with no hook calls and no timing per wave
         hooks = hooks or WaveHooks()
         next_report = time.perf_counter() + 0.25
         error: BaseException | None = None
@@ -88,13 +89,17 @@ class LocalExecutor(Executor):
             run.setup()
             hooks.started(run)
             ended_early = False
+            step = run.stage.step
             for _, items in run.feed:
-                if hooks.between(run):
-                    ended_early = True
-                    break
-                t0 = time.perf_counter()
-                run.stage.step(items)
-                hooks.after(run, time.perf_counter() - t0)
+                if waves is None:
+                    step(items)
+                else:
+                    if waves.between(run):
+                        ended_early = True
+                        break
+                    t0 = time.perf_counter()
+                    step(items)
+                    waves.after(run, time.perf_counter() - t0)
                 if stop is not None and stop.is_set():
                     break
                 if monitor is not None and time.perf_counter() >= next_report:
