@@ -66,14 +66,20 @@ def test_a_viewer_on_loopback_gets_images_and_plots(executor, request):
     outcome: dict = {}
     extras = RunExtras(g, foxglove="127.0.0.1:0")
     with extras:
-        runner = threading.Thread(target=lambda: outcome.setdefault("run", run(g, executor, stop=stop)))
+        def go():
+            try:
+                outcome["run"] = run(g, executor, stop=stop)
+            except Exception as exc:  # said in the assertion below, not lost in the thread
+                outcome["error"] = exc
+
+        runner = threading.Thread(target=go)
         runner.start()
         try:
             got = _watch(extras.viewer.address, {"/cam/out", "/eeg/out"})
         finally:
             stop.set()
             runner.join(120)
-    assert {"/cam/out", "/eeg/out"} <= set(got), f"the viewer saw only {sorted(got)}"
+    assert {"/cam/out", "/eeg/out"} <= set(got), f"the viewer saw only {sorted(got)}; run: {outcome.get('error')!r}"
     ch, _, payload = got["/cam/out"]
     assert (ch["encoding"], ch["schemaName"]) == ("protobuf", "foxglove.RawImage")
     import base64
