@@ -48,6 +48,14 @@ def _watch(address: str, want: set[str], deadline_s: float = 60.0) -> dict:
                         channels[ch["id"]] = ch
                         subs.append({"id": ch["id"], "channelId": ch["id"]})
                     ws.send(json.dumps({"op": "subscribe", "subscriptions": subs}))
+                elif msg.get("op") == "status" and msg.get("message", "").startswith("Unknown channel ID: "):
+                    # the SDK's server sends a channel's advertise before it adds the channel to
+                    # the client's table, so a client as quick as this one on loopback can be told
+                    # the channel is unknown; a viewer asks again, as Foxglove's app does
+                    cid = int(msg["message"].rsplit(" ", 1)[1])
+                    if cid in channels:
+                        time.sleep(0.05)
+                        ws.send(json.dumps({"op": "subscribe", "subscriptions": [{"id": cid, "channelId": cid}]}))
                 continue
             opcode, sub_id, log_ns = struct.unpack_from("<BIQ", frame)
             if opcode != 1:
