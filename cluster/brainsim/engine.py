@@ -87,7 +87,7 @@ class Simulation:
         self.actors, self.backend, self.address = actors, backend, address
         self.spin_us, self.timeout_s = spin_us, timeout_s
         self.dt_us = int(round(self.layout.dt_ms * 1000))
-        self.window = self.layout.min_delay_steps
+        self.window = self.layout.window
         self.schema = sch.spikes_schema("network", self.layout.n)
         self.parts: list = []
         self.nodes: list[str] = []

@@ -216,12 +216,13 @@ def publish(board, word, value):
 
 
 @njit(cache=True, nogil=True)
-def _deliver_merged(board, slots, parity, first_step, window, K, pos, indptr, tgt, w, dch, buf):
+def _deliver_merged(board, slots, parity, first_step, window, d_base, K, pos, indptr, tgt, w, dch, buf, ge, gi):
     """Deliver one window's spikes of all K partitions in (step, global neuron) order.
 
     Partitions own ascending neuron ranges and each slot is sorted by key, so taking the
     partitions in turn within each step is the global order. Stored delays are steps
-    beyond the shortest delay, which is the window.
+    beyond the shortest delay `d_base`, which is the window unless it is zero (then the
+    window is one step and a zero delay goes into `ge`/`gi`, as in `kernels.deliver`).
     """
     ring = buf.shape[0]
     mask = np.int64(0xFFFFFFFF)
@@ -237,15 +238,19 @@ def _deliver_merged(board, slots, parity, first_step, window, K, pos, indptr, tg
                 if (key >> 32) != t:
                     break
                 j = key & mask
-                for s in range(indptr[j], indptr[j + 1]):
-                    code = dch[s]
-                    buf[(t + window + (code & k.DELAY_MASK)) % ring, code >> 7, tgt[s]] += w[s]
+                if d_base == 0:
+                    for s in range(indptr[j], indptr[j + 1]):
+                        k._arrive(buf, ge, gi, ring, t, dch[s], tgt[s], w[s])
+                else:
+                    for s in range(indptr[j], indptr[j + 1]):
+                        code = dch[s]
+                        buf[(t + d_base + (code & k.DELAY_MASK)) % ring, code >> 7, tgt[s]] += w[s]
                 p += 1
             pos[q] = p
 
 
 @njit(cache=True, nogil=True)
-def run_board(n_windows, window, step0, pops, pidx, lo, v, ge, gi, de, di, refr, rng, buf, indptr, tgt, w, dch,
+def run_board(n_windows, window, d_base, step0, pops, pidx, lo, v, ge, gi, de, di, refr, rng, buf, indptr, tgt, w, dch,
               src_steps, src_neurons, src_ptr, out_steps, out_neurons, fired, board, me, slots, sync,
               spin_cycles, timeout_cycles, chunk, done, waited):
     """Advance up to `n_windows` windows of partition `me`, exchanging spikes through `board`.
@@ -277,8 +282,8 @@ def run_board(n_windows, window, step0, pops, pidx, lo, v, ge, gi, de, di, refr,
                 if c < 0:
                     return -1 - q
                 waited[0] += c
-            _deliver_merged(board, slots, (wnd - 1) & 1, s0 - window + 1, window, K, pos, indptr, tgt, w,
-                            dch, buf)
+            _deliver_merged(board, slots, (wnd - 1) & 1, s0 - window + 1, window, d_base, K, pos, indptr, tgt, w,
+                            dch, buf, ge, gi)
         c = k.advance(pops, pidx, lo, s0, window, v, ge, gi, de, di, refr, rng, buf, src_steps, src_neurons, src_ptr,
                       out_steps, out_neurons, fired)
         base = slots[me, wnd & 1]

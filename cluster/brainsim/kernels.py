@@ -125,7 +125,9 @@ def _synapses_of(proj, post, seed, pres, ws, ds, dt, d_base, edges):
         for e in range(a, b):
             pres[count] = int(edges[0, e_lo + e])
             ws[count] = edges[2, e_lo + e]
-            ds[count] = max(d_base, min(d_base + 127, int(round(edges[3, e_lo + e] / dt)))) - d_base
+            d = edges[3, e_lo + e]
+            steps = 0 if d == 0.0 else max(1, int(round(d / dt)))  # only an exact 0 is a zero delay
+            ds[count] = max(d_base, min(d_base + 127, steps)) - d_base
             count += 1
         return count
     if rule == ONE_TO_ONE:
@@ -158,13 +160,14 @@ def _synapses_of(proj, post, seed, pres, ws, ds, dt, d_base, edges):
                     pres[count] = pre_lo + j
                     count += 1
     sign_w = 1.0 if proj[J_WA] >= 0.0 else -1.0
+    zero = int(proj[J_DD]) == CONST and proj[J_DA] == 0.0
     for c in range(count):
         w = _draw(state, int(proj[J_WD]), proj[J_WA], proj[J_WB])
         if w * sign_w < 0.0:  # a distributed weight never changes sign
             w = 0.0
         ws[c] = w
         d = _draw(state, int(proj[J_DD]), proj[J_DA], proj[J_DB])
-        steps = int(round(d / dt))
+        steps = 0 if zero else max(1, int(round(d / dt)))  # a drawn delay is never below one step
         ds[c] = max(d_base, min(d_base + 127, steps)) - d_base
     return count
 
@@ -233,21 +236,40 @@ def init_neurons(pops, pidx, lo, seed, v, ge, gi, rng):
 
 
 @njit(cache=True, nogil=True)
-def deliver(steps, neurons, indptr, tgt, w, dch, buf, d_base):
+def deliver(steps, neurons, indptr, tgt, w, dch, buf, d_base, ge, gi):
     """Add each spike's weights into the ring-buffer slot of its arrival step.
 
     `steps`, `neurons`: the spikes of one window, sorted by (step, global neuron).
     `buf[slot, channel, local neuron]`, slot = arrival step modulo the ring length; a
-    synapse's delay is `d_base` plus its stored steps.
+    synapse's delay is `d_base` plus its stored steps. A zero delay (`d_base` 0, stored 0;
+    the window is then one step) goes straight into the target's synaptic state `ge`/`gi`
+    before the next step, as Brian2's zero-delay `on_pre` does after the step's threshold.
     """
     ring = buf.shape[0]
     for s in range(steps.shape[0]):
         step = steps[s] + d_base
         j = neurons[s]
+        if d_base == 0:
+            for k in range(indptr[j], indptr[j + 1]):
+                _arrive(buf, ge, gi, ring, step, dch[k], tgt[k], w[k])
+            continue
         for k in range(indptr[j], indptr[j + 1]):
             code = dch[k]
             slot = (step + (code & DELAY_MASK)) % ring
             buf[slot, code >> 7, tgt[k]] += w[k]
+
+
+@njit(inline="always")
+def _arrive(buf, ge, gi, ring, step, code, i, wk):
+    """One synaptic event of a network with zero delays: into the state now, or into its slot."""
+    d = code & DELAY_MASK
+    if d == 0:
+        if code >> 7:
+            gi[i] += wk
+        else:
+            ge[i] += wk
+    else:
+        buf[(step + d) % ring, code >> 7, i] += wk
 
 
 @njit(cache=True, nogil=True)
@@ -594,7 +616,7 @@ def run_windows(n_windows, window, step0, pops, pidx, lo, v, ge, gi, de, di, ref
     src_ptr = np.zeros(1, np.int64)
     fired = fired_scratch(n)
     for k in range(n_windows):
-        deliver(prev_s[:n_prev], prev_n[:n_prev], indptr, tgt, w, dch, buf, d_base)
+        deliver(prev_s[:n_prev], prev_n[:n_prev], indptr, tgt, w, dch, buf, d_base, ge, gi)
         c = advance(pops, pidx, lo, step0 + k * window, window, v, ge, gi, de, di, refr, rng, buf, no_src, no_src,
                     src_ptr, cur_s, cur_n, fired)
         if m + c > cap:

@@ -33,7 +33,7 @@ class Layout:
     src_neurons: np.ndarray  # global index
     dt_ms: float
     seed: int
-    min_delay_steps: int  # also the base that stored delays are offsets from
+    min_delay_steps: int  # also the base that stored delays are offsets from; 0: zero-delay synapses
     max_delay_steps: int
     max_row: int
     edges: np.ndarray  # (4, E) explicit edges: global pre, global post, weight, delay ms; by projection, then post
@@ -41,6 +41,11 @@ class Layout:
     @property
     def n(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def window(self) -> int:
+        """Steps a partition advances alone between exchanges: the shortest delay, at least one."""
+        return max(1, self.min_delay_steps)
 
     def population_of(self, name: str) -> tuple[int, int]:
         i = self.names.index(name)
@@ -65,8 +70,11 @@ def _initial(value, default: float) -> tuple[int, float, float]:
 
 
 def _delay_range(value, dt_ms: float) -> tuple[int, int]:
-    """Shortest and longest delay in steps (at least 1; a normal one is clipped by the kernel)."""
+    """Shortest and longest delay in steps (at least 1, or 0 for a constant zero delay; a normal
+    one is clipped by the kernel)."""
     code, a, b = _dist(value)
+    if code == k.CONST and a == 0.0:
+        return 0, 0  # zero delay: delivered within the step (Brian2's default)
     if code == k.CONST:
         lo = hi = a
     elif code == k.UNIFORM:
@@ -150,7 +158,7 @@ def compile_network(spec: NetworkSpec) -> Layout:
             n_edges += e.shape[1]
             lo = hi = None
             if e.shape[1]:
-                steps = np.maximum(1, np.rint(e[3] / dt)).astype(np.int64)
+                steps = np.where(e[3] == 0.0, 0, np.maximum(1, np.rint(e[3] / dt))).astype(np.int64)
                 lo, hi = int(steps.min()), int(steps.max())
                 max_row = max(max_row, int(np.bincount(e[1].astype(np.int64) - int(row[k.J_POSTLO])).max()))
         else:
@@ -159,6 +167,10 @@ def compile_network(spec: NetworkSpec) -> Layout:
                           if pr.rule != "one_to_one" else 1)
         if lo is not None:
             d_lo, d_hi = min(d_lo, lo), max(d_hi, hi)
+            if lo == 0 and spec.populations[b].model not in ("lif_cuba", "lif_coba"):
+                raise ValueError(f"projection {pr.pre}->{pr.post}: a zero delay (delivery within the step) is "
+                                 f"supported onto lif_cuba and lif_coba populations; '{pr.post}' is "
+                                 f"{spec.populations[b].model}: give delay_ms >= dt_ms ({dt})")
     if d_lo > d_hi:  # no synapses
         d_lo = d_hi = 1
     if d_hi - d_lo > 127:
@@ -226,7 +238,8 @@ class Partition:
 
     def __init__(self, layout: Layout, lo: int, hi: int):
         self.layout, self.lo, self.hi = layout, lo, hi
-        self.window = layout.min_delay_steps
+        self.window = layout.window
+        self.d_base = layout.min_delay_steps  # stored delays are steps beyond it
         n = hi - lo
         self.pidx = (np.searchsorted(layout.offsets, np.arange(lo, hi), side="right") - 1).astype(np.int32)
         self.v = np.zeros(n)
@@ -256,7 +269,7 @@ class Partition:
     def _compile(self) -> None:
         """Compile (or load from cache) the per-window kernels now, not inside the first window."""
         none = np.empty(0, np.int64)
-        k.deliver(none, none, self.indptr, self.tgt, self.w, self.dch, self.buf, self.window)
+        k.deliver(none, none, self.indptr, self.tgt, self.w, self.dch, self.buf, self.d_base, self.ge, self.gi)
         k.advance(self.layout.pops, self.pidx, self.lo, 0, 0, self.v, self.ge, self.gi, self.de, self.di, self.refr,
                   self.rng,
                   self.buf, self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons,
@@ -273,7 +286,8 @@ class Partition:
     def step_window(self, steps: np.ndarray, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Deliver last window's spikes (global, sorted), advance one window, return own spikes."""
         if len(steps):
-            k.deliver(steps, neurons, self.indptr, self.tgt, self.w, self.dch, self.buf, self.window)
+            k.deliver(steps, neurons, self.indptr, self.tgt, self.w, self.dch, self.buf, self.d_base, self.ge,
+                      self.gi)
         c = k.advance(self.layout.pops, self.pidx, self.lo, self.step, self.window, self.v, self.ge, self.gi,
                       self.de, self.di, self.refr, self.rng, self.buf, self.src_steps, self.src_neurons,
                       self.src_ptr, self.out_steps, self.out_neurons, self.fired)
@@ -297,7 +311,7 @@ class Partition:
         timeout_cycles = int(timeout_s * 1e6 * x.cycles_per_us())
         spin_cycles = int(spin_us * x.cycles_per_us())
         while left > 0:
-            m = x.run_board(left, self.window, self.step, self.layout.pops, self.pidx, self.lo, self.v, self.ge,
+            m = x.run_board(left, self.window, self.d_base, self.step, self.layout.pops, self.pidx, self.lo, self.v, self.ge,
                             self.gi, self.de, self.di, self.refr, self.rng, self.buf, self.indptr, self.tgt, self.w,
                             self.dch, self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons,
                             self.fired, board.words, me, board.layout.slots, board.layout.sync, spin_cycles, timeout_cycles,
@@ -316,7 +330,7 @@ class Partition:
             raise ValueError("run_windows needs the whole network in one partition and no spike sources")
         out = k.run_windows(n_windows, self.window, self.step, self.layout.pops, self.pidx, self.lo, self.v,
                             self.ge, self.gi, self.de, self.di, self.refr, self.rng, self.buf, self.indptr, self.tgt,
-                            self.w, self.dch, self.window, np.ascontiguousarray(steps, np.int64), np.ascontiguousarray(neurons, np.int64))
+                            self.w, self.dch, self.d_base, np.ascontiguousarray(steps, np.int64), np.ascontiguousarray(neurons, np.int64))
         self.step += n_windows * self.window
         return out
 

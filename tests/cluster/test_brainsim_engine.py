@@ -202,3 +202,63 @@ def test_initial_values_follow_their_distributions():
     assert 1.0 <= part.ge.min() and part.ge.max() < 3.0 and abs(part.ge.mean() - 2.0) < 0.05
     assert abs(part.gi.mean() - 20.0) < 0.5 and abs(part.gi.std() - 12.0) < 0.5
     assert 0.03 < (part.gi < 0).mean() < 0.07  # the normal tail below zero (4.8 % expected) is kept
+
+
+def zero_delay_network() -> NetworkSpec:
+    """`mixed_network` with zero-delay synapses onto the CUBA and COBA populations (Brian2's default)."""
+    spec = mixed_network()
+    projs = list(spec.projections)
+    projs[1] = projs[1].model_copy(update={"delay_ms": 0.0})  # coba -> cuba, inhibitory
+    projs[2] = projs[2].model_copy(update={"delay_ms": 0.0})  # cuba -> coba
+    return spec.model_copy(update={"projections": projs})
+
+
+def test_zero_delays_are_partition_invariant_on_every_path():
+    # window of one step, zero delays into the synaptic state: inline 1/2/4 partitions, the
+    # fused single-partition loop and the shared-memory board all give the same spikes and v
+    spec = zero_delay_network()
+    layout = compile_network(spec)
+    assert (layout.min_delay_steps, layout.window) == (0, 1)
+    s1, n1, v1, _ = run(spec, 1)
+    assert len(s1) > 200
+    base, _, _, _ = run(mixed_network(), 1)
+    assert len(base) != len(s1) or not np.array_equal(base, s1), "zero delays must change the dynamics"
+    for k in (2, 4):
+        sk, nk, vk, _ = run(spec, k)
+        np.testing.assert_array_equal(sk, s1)
+        np.testing.assert_array_equal(nk, n1)
+        assert vk.tobytes() == v1.tobytes()
+    sim = Simulation(spec, actors=2, backend="threads").build()
+    chunks = list(sim.chunks(0.2, 7))
+    v = np.concatenate([p.v for p in sim.parts])
+    sim.close()
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), s1)
+    assert v.tobytes() == v1.tobytes()
+
+
+def test_a_zero_delay_acts_one_step_sooner_than_one_step_of_delay():
+    # a spike source at step 10 onto COBA neurons: with a zero delay the conductance holds the
+    # weight after step 10 and v moves at step 11 (Brian2's on_pre); with dt of delay, a step later
+    def first_move(delay_ms):
+        spec = NetworkSpec(dt_ms=0.1, populations=[
+            Population(name="src", size=1, model="spike_source", spike_times_ms=[1.0], spike_neurons=[0]),
+            Population(name="out", size=1, model="lif_coba", v_init_mv=(-60.0, -60.0), v_rest_mv=-60.0),
+        ], projections=[Projection(pre="src", post="out", rule="one_to_one", weight=0.5, delay_ms=delay_ms)])
+        sim = Simulation(spec).build()
+        part = sim.parts[0]
+        v = []
+        empty = np.empty(0, np.int64)
+        pending = (empty, empty)
+        for _ in range(14):
+            pending = part.step_window(*pending)
+            v.append(part.v[1])
+        return next(i + 1 for i, x in enumerate(v) if x != -60.0)
+
+    assert (first_move(0.0), first_move(0.1)) == (11, 12)
+
+
+def test_zero_delays_onto_models_without_a_synaptic_state_are_refused():
+    spec = NetworkSpec(populations=[Population(name="d", size=3, model="lif_delta")],
+                       projections=[Projection(pre="d", post="d", weight=1.0, delay_ms=0.0)])
+    with pytest.raises(ValueError, match=r"d->d: a zero delay .* 'd' is lif_delta"):
+        compile_network(spec)

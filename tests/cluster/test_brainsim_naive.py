@@ -11,18 +11,19 @@ import math
 from collections import defaultdict
 
 import numpy as np
+import pytest
 
 from cluster.brainsim.engine import Simulation
 from cluster.brainsim.spec import NetworkSpec, Population, Projection
 
 
-def tiny() -> NetworkSpec:
+def tiny(first_delay_ms: float = 0.3) -> NetworkSpec:
     return NetworkSpec(seed=7, dt_ms=0.1, populations=[
         Population(name="E", size=24, model="lif_cuba", v_rest_mv=-49.0, v_init_mv=(-60.0, -50.0)),
         Population(name="D", size=10, model="lif_delta", v_rest_mv=0.0, v_reset_mv=0.0, v_thresh_mv=15.0,
                    t_ref_ms=1.0),
     ], projections=[
-        Projection(pre="E", post="E", p=0.2, weight=2.0, delay_ms=0.3),
+        Projection(pre="E", post="E", p=0.2, weight=2.0, delay_ms=first_delay_ms),
         Projection(pre="E", post="E", p=0.1, weight=-6.0, delay_ms=0.5),
         Projection(pre="E", post="D", rule="fixed_indegree", indegree=6, weight=4.0, delay_ms=1.0),
     ])
@@ -36,7 +37,7 @@ def naive(spec: NetworkSpec, sim: Simulation, v0: np.ndarray, n_steps: int) -> l
     ge, gi = np.zeros_like(v), np.zeros_like(v)
     refr = np.zeros(len(v), int)
     arrivals: dict = defaultdict(lambda: np.zeros((2, len(v))))
-    spikes = []  # a stored delay is steps beyond the shortest (part.window)
+    spikes = []  # a stored delay is steps beyond the shortest (part.d_base)
     for t in range(n_steps):
         inp = arrivals.pop(t + 1, np.zeros((2, len(v))))
         fired = []
@@ -65,12 +66,17 @@ def naive(spec: NetworkSpec, sim: Simulation, v0: np.ndarray, n_steps: int) -> l
             spikes.append((t + 1, j))
             for s in range(part.indptr[j], part.indptr[j + 1]):
                 code = int(part.dch[s])
-                arrivals[t + 1 + part.window + (code & 0x7F)][code >> 7, part.tgt[s]] += float(part.w[s])
+                arrive = t + 1 + part.d_base + (code & 0x7F)
+                if arrive == t + 1:  # a zero delay: into the synaptic state, before the next step
+                    (gi if code >> 7 else ge)[part.tgt[s]] += float(part.w[s])
+                else:
+                    arrivals[arrive][code >> 7, part.tgt[s]] += float(part.w[s])
     return spikes
 
 
-def test_engine_matches_the_naive_twin():
-    spec = tiny()
+@pytest.mark.parametrize("first_delay_ms", [0.3, 0.0], ids=["delays", "zero-delay"])
+def test_engine_matches_the_naive_twin(first_delay_ms):
+    spec = tiny(first_delay_ms)
     sim = Simulation(spec).build()
     v0 = sim.parts[0].v.copy()
     fast = [(int(s), int(n)) for c in sim.chunks(0.1, 4) for s, n in zip(*c, strict=True)]
