@@ -83,7 +83,8 @@ class Projection(_Spec):
     p: float = Field(0.1, ge=0, le=1, description="for fixed_probability")
     indegree: int = Field(0, ge=0, description="for fixed_indegree")
     weight: float | Dist = 1.0
-    delay_ms: float | Dist = 1.5
+    delay_ms: float | Dist = Field(1.5, description="at least one step once rounded; a constant 0 is a zero-delay "
+                                                    "synapse (delivered within the step, as Brian's on_pre)")
     receptor: Literal["exc", "inh"] | None = Field(None, description="default: exc if weight >= 0")
     autapses: bool = True
     sources: list[int] = Field(default_factory=list, description="explicit: pre index (within `pre`) per edge")
