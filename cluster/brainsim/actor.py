@@ -40,6 +40,7 @@ class PartitionActor:
         """Map the node's board; the node's first partition also runs its bridge (if any) and
         returns the address its peers connect to."""
         self.board = x.Board(layout, path)
+        self.part.run_on_board(0, self.board, self.me)  # load the board kernel now, not in the first window
         if bridge is not None:
             self.bridge = x.Bridge(self.board, **bridge)
             return self.bridge.listen(ray.util.get_node_ip_address())

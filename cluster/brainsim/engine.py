@@ -106,6 +106,8 @@ class Simulation:
             self.parts = [Partition(self.layout, lo, hi) for lo, hi in ranges]
             if self.backend == "threads":
                 self._board = x.Board(self._board_layout(ranges))
+                for i, part in enumerate(self.parts):  # load the board kernel now, not in the first window
+                    part.run_on_board(0, self._board, i)
                 self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"brainsim-{i}")
                                for i in range(self.actors)]
         else:
@@ -244,29 +246,46 @@ class Simulation:
             who = ", ".join(f"{i} (neurons {ranges[i][0]}-{ranges[i][1] - 1})" for i in dead)
             raise PartitionLost(f"brainsim partition {who} died; the run was aborted") from None
 
+    # a board call that returns sooner than this is followed by a longer one: each call costs
+    # a Ray task round trip and re-synchronises the partitions (~1-1.5 ms on 2 cores), which
+    # is 100 windows of CUBA; the caller still gets its `per_chunk` windows at a time
+    CALL_S = 0.05
+
     def _board_chunks(self, n_windows: int, per_chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         flight: deque = deque()
         done = submitted = 0
+        per_call = per_chunk
+        base = self.stats["windows"]  # windows run before this call: the partitions' global window number
         try:
             while done < n_windows:
-                while submitted < n_windows and len(flight) < 2:  # the next chunk queues behind this one
-                    todo = min(per_chunk, n_windows - submitted)
-                    flight.append((todo, self._submit(todo)))
+                while submitted < n_windows and len(flight) < 2:  # the next call queues behind this one
+                    todo = min(per_call, n_windows - submitted)
+                    flight.append((todo, time.perf_counter(), self._submit(todo)))
                     submitted += todo
-                todo, calls = flight.popleft()
+                todo, t0, calls = flight.popleft()
                 outs = self._collect(calls)
+                took = time.perf_counter() - t0
+                if took < self.CALL_S and per_call < (1 << 20):  # grow in whole chunks, at most 8x a time
+                    per_call = per_chunk * max(1, min(8 * (per_call // per_chunk),
+                                                      int(per_call * self.CALL_S / max(took, 1e-6)) // per_chunk))
                 keys = np.concatenate(outs) if len(outs) > 1 else outs[0]
                 if len(outs) > 1:
                     keys.sort()
                 self.stats["windows"] += todo
                 self.stats["spikes_exchanged"] += len(keys)
                 self.stats["bytes_exchanged"] += 8 * len(keys)
+                # the call's windows in the caller's chunks: stamps of window w are w*W+1 .. (w+1)*W
+                first = done
                 done += todo
-                yield from_keys(keys)
+                for a in range(first, done, per_chunk):
+                    b = min(a + per_chunk, done)
+                    lo_key = ((base + a) * self.window + 1) << 32
+                    hi_key = ((base + b) * self.window + 1) << 32
+                    yield from_keys(keys[np.searchsorted(keys, lo_key):np.searchsorted(keys, hi_key)])
         finally:
             if flight:  # the consumer stopped early or a partition failed: let the rest go
                 self.abort()
-                for _todo, calls in flight:
+                for _todo, _t0, calls in flight:
                     try:
                         self._collect(calls)
                     except Exception:  # noqa: BLE001 - they were aborted on purpose

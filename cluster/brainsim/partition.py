@@ -300,6 +300,8 @@ class Partition:
 
         Returns this partition's own spikes as keys (`step << 32 | global neuron`).
         Raises `ExchangeStalled` naming the partition that did not publish in time.
+        With `n_windows` 0 it only compiles (or loads from cache) the board's kernel: the
+        backends do that when they attach a board, so no run pays for it in its first window.
         """
         from cluster.brainsim import exchange as x
 
@@ -310,7 +312,7 @@ class Partition:
         parts, left = [], n_windows
         timeout_cycles = int(timeout_s * 1e6 * x.cycles_per_us())
         spin_cycles = int(spin_us * x.cycles_per_us())
-        while left > 0:
+        while True:
             m = x.run_board(left, self.window, self.d_base, self.step, self.layout.pops, self.pidx, self.lo, self.v, self.ge,
                             self.gi, self.de, self.di, self.refr, self.rng, self.buf, self.indptr, self.tgt, self.w,
                             self.dch, self.src_steps, self.src_neurons, self.src_ptr, self.out_steps, self.out_neurons,
@@ -321,6 +323,8 @@ class Partition:
             self.step += int(done[0]) * self.window
             left -= int(done[0])
             parts.append(chunk[:m].copy())
+            if left <= 0:
+                break
         self.wait_s += waited[0] / (x.cycles_per_us() * 1e6)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 

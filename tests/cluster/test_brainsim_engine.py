@@ -262,3 +262,23 @@ def test_zero_delays_onto_models_without_a_synaptic_state_are_refused():
                        projections=[Projection(pre="d", post="d", weight=1.0, delay_ms=0.0)])
     with pytest.raises(ValueError, match=r"d->d: a zero delay .* 'd' is lif_delta"):
         compile_network(spec)
+
+
+def test_board_calls_grow_but_chunks_keep_their_windows():
+    # a board backend runs many chunks per call once calls are quick (a Ray round trip and a
+    # re-synchronisation each), and splits them back: every chunk holds exactly its windows'
+    # spikes, also when a second run continues the first
+    spec = mixed_network()
+    s1, n1, _, _ = run(spec, 1)
+    sim = Simulation(spec, actors=2, backend="threads").build()
+    sim.CALL_S = 10.0  # every call is "quick": each grows up to 8x the last
+    w = sim.window
+    chunks = list(sim.chunks(0.1, 7)) + list(sim.chunks(0.1, 7))
+    sim.close()
+    per_run = int(round(100 / (w * 0.1)))  # windows in 0.1 s
+    spans = [(r * per_run + a, r * per_run + min(a + 7, per_run)) for r in (0, 1) for a in range(0, per_run, 7)]
+    assert len(chunks) == len(spans) and len(spans) > 40
+    for (steps, _), (a, b) in zip(chunks, spans, strict=True):
+        assert len(steps) == 0 or (steps.min() > a * w and steps.max() <= b * w), (a, b)
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), s1)
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), n1)
