@@ -229,6 +229,7 @@ def _deliver_merged(board, slots, parity, first_step, window, d_base, K, pos, in
     for q in range(K):
         pos[q] = 0
     for t in range(first_step, first_step + window):
+        first = (t + d_base) % ring  # the arrival slot of a stored delay of 0 (see kernels.deliver)
         for q in range(K):
             base = slots[q, parity]
             cnt = board[base]
@@ -238,13 +239,26 @@ def _deliver_merged(board, slots, parity, first_step, window, d_base, K, pos, in
                 if (key >> 32) != t:
                     break
                 j = key & mask
-                if d_base == 0:
+                if d_base == 0:  # zero delays into the state, as in kernels.deliver
                     for s in range(indptr[j], indptr[j + 1]):
-                        k._arrive(buf, ge, gi, ring, t, dch[s], tgt[s], w[s])
+                        code = dch[s]
+                        d = code & k.DELAY_MASK
+                        i = tgt[s]
+                        if d == 0:
+                            if code >> 7:
+                                gi[i] += w[s]
+                            else:
+                                ge[i] += w[s]
+                        else:
+                            slot = first + d
+                            buf[slot - ring if slot >= ring else slot, code >> 7, i] += w[s]
                 else:
                     for s in range(indptr[j], indptr[j + 1]):
                         code = dch[s]
-                        buf[(t + d_base + (code & k.DELAY_MASK)) % ring, code >> 7, tgt[s]] += w[s]
+                        slot = first + (code & k.DELAY_MASK)
+                        if slot >= ring:
+                            slot -= ring
+                        buf[slot, code >> 7, tgt[s]] += w[s]
                 p += 1
             pos[q] = p
 
