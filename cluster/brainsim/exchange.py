@@ -239,26 +239,10 @@ def _deliver_merged(board, slots, parity, first_step, window, d_base, K, pos, in
                 if (key >> 32) != t:
                     break
                 j = key & mask
-                if d_base == 0:  # zero delays into the state, as in kernels.deliver
-                    for s in range(indptr[j], indptr[j + 1]):
-                        code = dch[s]
-                        d = code & k.DELAY_MASK
-                        i = tgt[s]
-                        if d == 0:
-                            if code >> 7:
-                                gi[i] += w[s]
-                            else:
-                                ge[i] += w[s]
-                        else:
-                            slot = first + d
-                            buf[slot - ring if slot >= ring else slot, code >> 7, i] += w[s]
+                if d_base == 0:
+                    k.deliver_row_zero(indptr[j], indptr[j + 1], tgt, w, dch, buf, first, ge, gi)
                 else:
-                    for s in range(indptr[j], indptr[j + 1]):
-                        code = dch[s]
-                        slot = first + (code & k.DELAY_MASK)
-                        if slot >= ring:
-                            slot -= ring
-                        buf[slot, code >> 7, tgt[s]] += w[s]
+                    k.deliver_row(indptr[j], indptr[j + 1], tgt, w, dch, buf, first)
                 p += 1
             pos[q] = p
 

@@ -247,28 +247,43 @@ def deliver(steps, neurons, indptr, tgt, w, dch, buf, d_base, ge, gi):
     """
     ring = buf.shape[0]
     for s in range(steps.shape[0]):
-        base = (steps[s] + d_base) % ring  # a stored delay is < ring: one compare, not a modulo per synapse
         j = neurons[s]
-        if d_base == 0:  # written out here: through an inlined helper this loop ran 4x slower
-            for k in range(indptr[j], indptr[j + 1]):
-                code = dch[k]
-                d = code & DELAY_MASK
-                i = tgt[k]
-                if d == 0:
-                    if code >> 7:
-                        gi[i] += w[k]
-                    else:
-                        ge[i] += w[k]
-                else:
-                    slot = base + d
-                    buf[slot - ring if slot >= ring else slot, code >> 7, i] += w[k]
-            continue
-        for k in range(indptr[j], indptr[j + 1]):
-            code = dch[k]
-            slot = base + (code & DELAY_MASK)
-            if slot >= ring:
-                slot -= ring
-            buf[slot, code >> 7, tgt[k]] += w[k]
+        base = (steps[s] + d_base) % ring
+        if d_base == 0:
+            deliver_row_zero(indptr[j], indptr[j + 1], tgt, w, dch, buf, base, ge, gi)
+        else:
+            deliver_row(indptr[j], indptr[j + 1], tgt, w, dch, buf, base)
+
+
+@njit(inline="always")
+def deliver_row(k0, k1, tgt, w, dch, buf, base):
+    """Synapses k0..k1 of one spike into ring slot `base` plus each stored delay (a stored
+    delay is below the ring's length: one compare, not a modulo, per synapse)."""
+    ring = buf.shape[0]
+    for k in range(k0, k1):
+        code = dch[k]
+        slot = base + (code & DELAY_MASK)
+        if slot >= ring:
+            slot -= ring
+        buf[slot, code >> 7, tgt[k]] += w[k]
+
+
+@njit(inline="always")
+def deliver_row_zero(k0, k1, tgt, w, dch, buf, base, ge, gi):
+    """`deliver_row` in a network with zero delays: a stored 0 goes straight into `ge`/`gi`."""
+    ring = buf.shape[0]
+    for k in range(k0, k1):
+        code = dch[k]
+        d = code & DELAY_MASK
+        i = tgt[k]
+        if d == 0:
+            if code >> 7:
+                gi[i] += w[k]
+            else:
+                ge[i] += w[k]
+        else:
+            slot = base + d
+            buf[slot - ring if slot >= ring else slot, code >> 7, i] += w[k]
 
 
 @njit(cache=True, nogil=True)
