@@ -100,7 +100,11 @@ class CrashOnce(Operator):
         self.seen += 1
         marker = Path(self.params.marker)
         if self.seen > self.params.at_batch and not marker.exists():
-            marker.write_text(_ray_node() or "crashed")  # where it happened, for tests that kill that node
+            # where it happened, for tests that kill that node; written whole, then renamed, so a
+            # watcher that polls for the file never reads it empty
+            part = marker.with_name(marker.name + ".part")
+            part.write_text(_ray_node() or "crashed")
+            os.replace(part, marker)
             if self.params.mode == "exit":
                 os._exit(1)
             if self.params.mode == "hang":  # a test kills the whole node meanwhile
