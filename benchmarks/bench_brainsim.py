@@ -503,26 +503,37 @@ def brunel_vs_nest(py: Path, duration_s: float, reps: int, scale: float = 1.0) -
             "targets": {"speedup_sim_vs_nest": 3.0, "ours_speedup_1_to_2": 1.5, "rate_ratio_within": 0.05}}
 
 
+def _exchange_network():
+    """64 delta LIFs with a 0.1 ms delay: one window per step and almost nothing but exchange."""
+    from cluster.brainsim.spec import External, NetworkSpec, Population, Projection
+
+    return NetworkSpec(populations=[Population(name="P", size=64, model="lif_delta", v_rest_mv=0.0, v_reset_mv=0.0,
+                                               v_thresh_mv=10.0, external=External(rate_hz=5000.0, weight=1.0))],
+                       projections=[Projection(pre="P", post="P", p=0.1, weight=0.5, delay_ms=0.1)])
+
+
+def _timed_windows(sim, warm: int, windows: int, per_chunk: int) -> tuple[float, float]:
+    """Run `warm` windows, then time `windows` more (0.1 ms each); returns (load average, wall s)."""
+    list(sim.chunks(warm * 1e-4, warm))
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    for _c in sim.chunks(windows * 1e-4, per_chunk):
+        pass
+    return load, time.perf_counter() - t0
+
+
 def exchange_cost(windows: int = 50_000) -> dict:
     """Wall per window of two partitions that do almost nothing but exchange (64 neurons,
     delay = dt: one window per step), on the board as threads and as Ray actors, against
     one partition's wall per step on the same network: the difference is the exchange."""
     from cluster.brainsim.engine import Simulation
-    from cluster.brainsim.spec import External, NetworkSpec, Population, Projection
 
-    spec = NetworkSpec(populations=[Population(name="P", size=64, model="lif_delta", v_rest_mv=0.0, v_reset_mv=0.0,
-                                               v_thresh_mv=10.0, external=External(rate_hz=5000.0, weight=1.0))],
-                       projections=[Projection(pre="P", post="P", p=0.1, weight=0.5, delay_ms=0.1)])
+    spec = _exchange_network()
     out = {"neurons": 64, "windows": windows, "runs": []}
     for _ in range(3):
         for backend, k in (("inline", 1), ("threads", 2), ("ray", 2)):
             sim = Simulation(spec, actors=k, backend=backend).build()
-            list(sim.chunks(2000 * 1e-4, 2000))  # warm
-            load = os.getloadavg()[0]
-            t0 = time.perf_counter()
-            for _c in sim.chunks(windows * 1e-4, 10_000):
-                pass
-            wall = time.perf_counter() - t0
+            load, wall = _timed_windows(sim, 2000, windows, 10_000)
             waits = [t["wait_s"] for t in sim.partition_times()]
             sim.close()
             out["runs"].append({"backend": backend, "partitions": k, "us_per_window": 1e6 * wall / windows,
@@ -544,24 +555,16 @@ def exchange_cross_node(windows: int = 5_000) -> dict:
     import ray
 
     from cluster.brainsim.engine import Simulation
-    from cluster.brainsim.spec import External, NetworkSpec, Population, Projection
     from pipeline.testing import MultiNode
 
-    spec = NetworkSpec(populations=[Population(name="P", size=64, model="lif_delta", v_rest_mv=0.0, v_reset_mv=0.0,
-                                               v_thresh_mv=10.0, external=External(rate_hz=5000.0, weight=1.0))],
-                       projections=[Projection(pre="P", post="P", p=0.1, weight=0.5, delay_ms=0.1)])
+    spec = _exchange_network()
     nodes = MultiNode()
     ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False)
     runs = []
     try:
         for _ in range(3):
             sim = Simulation(spec, actors=2, backend="ray").build()
-            list(sim.chunks(500 * 1e-4, 500))  # warm
-            load = os.getloadavg()[0]
-            t0 = time.perf_counter()
-            for _c in sim.chunks(windows * 1e-4, 1000):
-                pass
-            wall = time.perf_counter() - t0
+            load, wall = _timed_windows(sim, 500, windows, 1000)
             runs.append({"nodes": sim.info()["nodes"], "us_per_window": 1e6 * wall / windows, "loadavg_1min": load})
             sim.close()
             print(json.dumps(runs[-1]), flush=True)
